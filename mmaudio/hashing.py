@@ -1,0 +1,45 @@
+"""Content hashes computed the way DVC computes them, so MLflow and dvc.lock agree.
+
+A file's hash is the md5 of its bytes. A directory's hash is the md5 of the JSON list
+``[{"md5": ..., "relpath": ...}, ...]`` sorted by relpath (json.dumps with sorted keys), plus the
+suffix ``.dir`` -- dvc_data's Tree.digest(). Files DVC would ignore (.dvcignore) are not handled:
+the pipeline's outs hold none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+_CHUNK = 1 << 20
+
+
+def file_md5(path: str | os.PathLike) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def dir_md5(path: str | os.PathLike) -> str:
+    root = Path(path)
+    entries = [
+        {"md5": file_md5(p), "relpath": p.relative_to(root).as_posix()}
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    ]
+    entries.sort(key=lambda e: e["relpath"])
+    return hashlib.md5(json.dumps(entries, sort_keys=True).encode("utf-8")).hexdigest() + ".dir"
+
+
+def dvc_hash(path: str | os.PathLike) -> str:
+    """DVC's md5 of a file or a directory; raises FileNotFoundError naming the path."""
+    p = Path(path)
+    if p.is_dir():
+        return dir_md5(p)
+    if p.is_file():
+        return file_md5(p)
+    raise FileNotFoundError(f"cannot hash {p}: no such file or directory")

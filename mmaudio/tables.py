@@ -1,0 +1,113 @@
+"""TSV tables with strict checks: required columns, unique and safe ids, UTF-8.
+
+Ids are file stems; an id that is not a plain file name would let a row point outside its folder,
+so it is an error, never a silent skip.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+
+class TableError(ValueError):
+    """A TSV cannot be used as it is; the message names the file, the line, the column or the id."""
+
+
+def check_id(value: str, *, source: str = "", line: int | None = None) -> str:
+    """Return ``value`` if it is a plain file name usable as an id, else raise :class:`TableError`."""
+    where = f"{source}:{line}" if line is not None else source
+    if value is None or value.strip() == "":
+        raise TableError(f"{where}: empty id")
+    if value != value.strip():
+        raise TableError(f"{where}: id {value!r} has leading or trailing white space")
+    if "/" in value or "\\" in value or value in (".", "..") or ".." in value.split("."):
+        raise TableError(f"{where}: id {value!r} is not a plain file name (path separator or '..')")
+    if "\x00" in value or any(ord(c) < 32 for c in value):
+        raise TableError(f"{where}: id {value!r} contains control characters")
+    return value
+
+
+def read_tsv(
+    path: str | os.PathLike,
+    required: Sequence[str],
+    *,
+    id_column: str | None = "id",
+    unique: bool = True,
+) -> list[dict[str, str]]:
+    """Rows of a tab-separated file with a header line, as dicts of strings.
+
+    Raises :class:`TableError` for a missing file, bytes that are not UTF-8, a missing column,
+    a row with the wrong number of fields, an unsafe id or (``unique``) a repeated id.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TableError(f"{path}: file does not exist")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise TableError(f"{path}:{line}: not valid UTF-8 (byte {raw[e.start]:#04x} at offset {e.start})") from e
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    lines = text.splitlines()
+    if not lines or not lines[0].strip():
+        raise TableError(f"{path}: empty file, expected a header with columns {list(required)}")
+    reader = csv.reader(lines, delimiter="\t", strict=True)
+    try:
+        header = next(reader)
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise TableError(f"{path}: missing required column(s) {missing}; header is {header}")
+        if len(set(header)) != len(header):
+            raise TableError(f"{path}: repeated column names in header {header}")
+        rows: list[dict[str, str]] = []
+        first_line_of: dict[str, int] = {}
+        for lineno, fields in enumerate(reader, start=2):
+            if not fields or all(f == "" for f in fields):
+                continue
+            if len(fields) != len(header):
+                raise TableError(f"{path}:{lineno}: expected {len(header)} fields, found {len(fields)}")
+            row = dict(zip(header, fields))
+            if id_column is not None:
+                rid = check_id(row[id_column], source=str(path), line=lineno)
+                if unique:
+                    if rid in first_line_of:
+                        raise TableError(
+                            f"{path}:{lineno}: duplicate id {rid!r} (first on line {first_line_of[rid]})"
+                        )
+                    first_line_of[rid] = lineno
+            rows.append(row)
+    except csv.Error as e:
+        raise TableError(f"{path}:{reader.line_num}: malformed TSV ({e})") from e
+    return rows
+
+
+def write_tsv(path: str | os.PathLike, columns: Sequence[str], rows: Iterable[Mapping[str, object]]) -> Path:
+    """Write rows atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            w = csv.writer(f, delimiter="\t", lineterminator="\n")
+            w.writerow(columns)
+            for r in rows:
+                w.writerow([r[c] for c in columns])
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+REJECT_COLUMNS = ("id", "reason")
+
+
+def write_rejects(path: str | os.PathLike, rejects: Sequence[tuple[str, str]]) -> Path:
+    """The rejects manifest every skipping stage writes next to its outs: ``id, reason``."""
+    return write_tsv(path, REJECT_COLUMNS, [{"id": i, "reason": r} for i, r in rejects])

@@ -1,0 +1,43 @@
+"""Stage index_videos@<dataset>: resolve a video list to files and check their streams.
+
+    python stages/index_videos.py --dataset examples_train
+
+Writes the dataset's index_tsv (usable rows with stream facts) and rejects_tsv (`id, reason`).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mmaudio.cli import parse_stage_args, setup_logging
+from mmaudio.config import ConfigError
+from mmaudio.media_index import INDEX_COLUMNS, index_video_list
+from mmaudio.tables import write_rejects, write_tsv
+from mmaudio.tracking import StageRun
+
+log = logging.getLogger("index_videos")
+
+
+def main(argv=None) -> None:
+    setup_logging()
+    args, params = parse_stage_args(__doc__, argv, dataset=True)
+    if args.dataset not in params.video_datasets:
+        raise ConfigError(f"no video dataset {args.dataset!r} in params.yaml (have {sorted(params.video_datasets)})")
+    ds = params.video_datasets[args.dataset]
+    with StageRun(f"index_videos@{args.dataset}", params, inputs=[ds.list_tsv, ds.media_dir]) as run:
+        result = index_video_list(ds.list_tsv, ds.media_dir, params.index.min_duration_sec)
+        write_tsv(ds.index_tsv, INDEX_COLUMNS, result.rows)
+        write_rejects(ds.rejects_tsv, result.rejects)
+        for rid, reason in result.rejects:
+            log.warning("rejected %s: %s", rid, reason)
+        log.info("%s: %d usable, %d rejected -> %s", args.dataset, len(result.rows), len(result.rejects), ds.index_tsv)
+        run.log_metrics({"videos": len(result.rows), "rejects": len(result.rejects)})
+        run.log_outputs([ds.index_tsv, ds.rejects_tsv])
+
+
+if __name__ == "__main__":
+    main()
