@@ -1,0 +1,1 @@
+"""Encoders MMAudio trains with: mel, audio VAE, vocoders, Synchformer, CLIP."""
