@@ -1,0 +1,1 @@
+"""The MM-DiT flow network and flow-matching math."""
