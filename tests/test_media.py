@@ -188,20 +188,25 @@ def test_video_without_audio(tmp_path):
     assert clip.frames["sync"].shape[0] == 200
 
 
-def test_audio_only_mp4(examples_dir, tmp_path):
-    p = tmp_path / "radio.mp4"
-    track = decode_audio(examples_dir / "audio" / "clicks_000.flac")
-    with av.open(str(p), "w") as c:
-        s = c.add_stream("aac", rate=16000)
+def write_audio_only_mp4(src_audio, path):
+    """An mp4 holding only an AAC track (a podcast-style file that slipped into a video list)."""
+    track = decode_audio(src_audio)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("aac", rate=track.sample_rate)
         s.layout = "mono"
-        data = track.samples.numpy()
+        data = track.mono()[None].numpy()
         for i in range(0, data.shape[1], 1024):
             f = av.AudioFrame.from_ndarray(np.ascontiguousarray(data[:, i : i + 1024]), format="fltp", layout="mono")
-            f.sample_rate, f.pts = 16000, i
+            f.sample_rate, f.pts = track.sample_rate, i
             for pk in s.encode(f):
                 c.mux(pk)
         for pk in s.encode(None):
             c.mux(pk)
+
+
+def test_audio_only_mp4(examples_dir, tmp_path):
+    p = tmp_path / "radio.mp4"
+    write_audio_only_mp4(examples_dir / "audio" / "clicks_000.flac", p)
     with pytest.raises(NoVideoStreamError, match="radio.mp4: no video stream"):
         load_video_clip(p, duration_sec=8.0, audio_rate=16000)
     assert load_audio(p, 16000).shape[0] > 16000 * 11

@@ -62,15 +62,15 @@ def test_video_list_index_rejects_bad_rows_and_keeps_good_ones(examples_dir, tmp
     media.mkdir()
     for name in ["flash_000.mp4", "sweep_000.mkv", "flash_001.webm"]:
         shutil.copy(examples_dir / "video" / name, media / name)
-    shutil.copy(examples_dir / "audio" / "clicks_000.flac", media / "audio_only.mkv")  # flac in mkv clothing
+    from tests.test_media import _write_video_only, write_audio_only_mp4
+
+    write_audio_only_mp4(examples_dir / "audio" / "clicks_000.flac", media / "audio_only.mp4")
     (media / "empty.mp4").write_bytes(b"")
     (media / "text.mp4").write_text("hello")
     src = (examples_dir / "video" / "flash_003.mp4").read_bytes()
     (media / "truncated.mp4").write_bytes(src[: len(src) // 2])
     (media / "twin.mp4").write_bytes(b"")
     (media / "twin.mkv").write_bytes(b"")
-    from tests.test_media import _write_video_only
-
     _write_video_only(media / "mute.mp4")
     ids = ["flash_000", "audio_only", "empty", "text", "truncated", "mute", "missing", "twin", "sweep_000", "flash_001"]
     write_tsv(tmp_path / "list.tsv", ("id", "label"), [{"id": i, "label": f"label of {i}"} for i in ids])
