@@ -39,7 +39,7 @@ def load_weight_file(path: str | os.PathLike, *, subkey: str | None = None) -> d
         raise WeightFileError(f"weight file {path} is corrupt or truncated: {str(e).splitlines()[0]}") from e
     if subkey is not None:
         if not isinstance(obj, Mapping) or subkey not in obj:
-            have = sorted(obj.keys())[:10] if isinstance(obj, Mapping) else type(obj).__name__
+            have = sorted(map(str, obj.keys()))[:10] if isinstance(obj, Mapping) else type(obj).__name__
             raise WeightFileError(f"weight file {path} has no entry '{subkey}' (has: {have})")
         obj = obj[subkey]
     if not isinstance(obj, Mapping):
@@ -47,6 +47,10 @@ def load_weight_file(path: str | os.PathLike, *, subkey: str | None = None) -> d
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise WeightFileError(f"weight file {path}: entries are not tensors: {bad[:5]}")
+    # A meta tensor loads without error (map_location does not apply to it) but has no values.
+    hollow = [k for k, v in obj.items() if v.is_meta]
+    if hollow:
+        raise WeightFileError(f"weight file {path}: entries hold no data (meta tensors): {hollow[:5]}")
     return dict(obj)
 
 
@@ -77,13 +81,18 @@ def load_state_dict_strict(module: nn.Module, state_dict: Mapping[str, torch.Ten
 
 
 def save_weight_file(obj: Mapping, path: str | os.PathLike) -> Path:
-    """Write ``obj`` with torch.save to a temp file in the same folder, then rename (atomic)."""
+    """Write ``obj`` with torch.save to a temp file in the same folder, then rename (atomic).
+
+    torch.save is given an open file, not a path: with a path it names the zip's top folder after
+    the (random) temp file, so the same tensors would give different bytes; through a file object
+    the folder is always 'archive' and equal inputs give byte-identical files.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        torch.save(obj, tmp)
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

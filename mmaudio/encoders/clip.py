@@ -306,6 +306,7 @@ class CLIPEncoder(nn.Module):
         self.tokenizer = open_clip.get_tokenizer(TOKENIZER_NAME)
         self.register_buffer("image_mean", torch.tensor(IMAGE_MEAN).view(3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(IMAGE_STD).view(3, 1, 1), persistent=False)
+        self.eval()
 
     def train(self, mode: bool = True) -> CLIPEncoder:
         # A frozen feature extractor: dropout and friends stay off whatever the parent module does.
@@ -321,22 +322,34 @@ class CLIPEncoder(nn.Module):
 
     @torch.no_grad()
     def encode_image(self, frames: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
-        """(B, T, 3, 384, 384) frames in [0, 1] -> (B, T, 1024) unit-norm features.
+        """(B, T, 3, 384, 384) frames, uint8 or float in [0, 1] -> (B, T, 1024) unit-norm features.
 
-        ``batch_size`` bounds how many frames go through the tower at once (default: all B*T).
+        ``batch_size`` bounds how many frames go through the tower at once (default: all B*T); frames
+        are converted and normalised one chunk at a time, so a float copy of the whole batch never exists.
         """
         size = self.preset.frame_size
         if frames.ndim != 5 or tuple(frames.shape[2:]) != (3, size, size):
             raise ValueError(f"CLIP frames must be (B, T, 3, {size}, {size}), got {tuple(frames.shape)}")
-        if not frames.is_floating_point():
-            raise ValueError(f"CLIP frames must be floats in [0, 1], got dtype {frames.dtype}")
+        if frames.dtype != torch.uint8 and not frames.is_floating_point():
+            raise ValueError(f"CLIP frames must be uint8 or floats in [0, 1], got dtype {frames.dtype}")
         b, t = frames.shape[:2]
-        frames = frames.to(self.device)
-        x = (frames - self.image_mean.to(frames.dtype)) / self.image_std.to(frames.dtype)  # (B, T, 3, H, W)
-        x = x.flatten(0, 1).to(self.dtype)  # (B*T, 3, H, W)
+        flat = frames.flatten(0, 1)  # (B*T, 3, H, W)
         step = b * t if batch_size is None or batch_size <= 0 else batch_size
-        out = [self.model.encode_image(x[i:i + step], normalize=True) for i in range(0, b * t, step)]
+        out = [self.model.encode_image(self._normalise(flat[i:i + step]), normalize=True) for i in range(0, b * t, step)]
         return torch.cat(out).unflatten(0, (b, t))  # (B, T, D)
+
+    def _normalise(self, frames: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) uint8 or [0, 1] float -> normalised, model dtype.
+
+        Upstream's arithmetic (torchvision's ToDtype(scale=True) multiplies uint8 by 1 / 255, then
+        Normalize computes (x - mean) / std), in place on one fresh float32 tensor.
+        """
+        x = torch.empty(frames.shape, dtype=torch.float32, device=self.device)
+        x.copy_(frames)
+        if frames.dtype == torch.uint8:
+            x.mul_(1.0 / 255)
+        x.sub_(self.image_mean).div_(self.image_std)  # (N, 3, H, W)
+        return x.to(self.dtype)
 
     def tokenize(self, captions: Sequence[str]) -> torch.Tensor:
         """Captions -> (B, 77) token ids (start token, BPE ids, end token, zero padding; truncated)."""

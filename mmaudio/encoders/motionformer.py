@@ -15,6 +15,11 @@ One segment of ``num_frames`` RGB frames becomes ``num_frames // tubelet_frames`
 Attribute names follow the official ``synchformer_state_dict.pth`` (``vfeat_extractor.*`` entries) so
 its weights load strictly. ``patch_embed`` (a 2D patch conv) is never used in the forward pass; it is
 kept only because the official file carries it.
+
+A config may set ``feature_dim`` different from ``embed_dim``: the model then runs at ``embed_dim``
+and a linear ``feature_proj`` maps each pooled vector to ``feature_dim``. Only cheap presets use it
+(the 3D patch conv costs pixels x embed_dim, which dominates at 768); the official model has no
+such layer, so its key layout is untouched.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ class MotionformerConfig:
     patch_size: int = 16
     num_frames: int = 16  # frames per segment
     tubelet_frames: int = 2  # frames per 3D patch
+    feature_dim: int | None = None  # output width; None: embed_dim (no output projection, as official)
 
     def __post_init__(self) -> None:
         if self.embed_dim % self.num_heads:
@@ -48,6 +54,15 @@ class MotionformerConfig:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.num_frames % self.tubelet_frames:
             raise ValueError(f"num_frames {self.num_frames} is not a multiple of tubelet_frames {self.tubelet_frames}")
+
+    @property
+    def output_dim(self) -> int:
+        """Width of each output vector."""
+        return self.embed_dim if self.feature_dim is None else self.feature_dim
+
+    @property
+    def has_feature_proj(self) -> bool:
+        return self.output_dim != self.embed_dim
 
     @property
     def grid_size(self) -> int:
@@ -73,7 +88,11 @@ class PatchEmbed2D(nn.Module):
 
 
 class PatchEmbed3D(nn.Module):
-    """(N, 3, T, H, W) -> (N, t*h*w, D) tubelet tokens, frame-major (index = f * h*w + row * w + col)."""
+    """(N, 3, T, H, W) -> (N, D, T // tubelet_frames, h, w): one embedding per non-overlapping tubelet.
+
+    Tubelets do not overlap, so the grid of a long clip holds the grids of all its segments that
+    start on a tubelet boundary (see ``SynchformerVisual.encode_sync``).
+    """
 
     def __init__(self, cfg: MotionformerConfig) -> None:
         super().__init__()
@@ -81,7 +100,7 @@ class PatchEmbed3D(nn.Module):
         self.proj = nn.Conv3d(3, cfg.embed_dim, kernel_size=kernel, stride=kernel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)  # (N, t*h*w, D)
+        return self.proj(x)  # (N, D, t, h, w)
 
 
 class DividedAttention(nn.Module):
@@ -197,7 +216,7 @@ class SpatialPooling(nn.Module):
 
 
 class Motionformer(nn.Module):
-    """(N, 3, T, H, W) normalised segments -> (N, T // tubelet_frames, D) features."""
+    """(N, 3, T, H, W) normalised segments -> (N, T // tubelet_frames, output_dim) features."""
 
     def __init__(self, cfg: MotionformerConfig) -> None:
         super().__init__()
@@ -213,6 +232,8 @@ class Motionformer(nn.Module):
         )
         self.norm = nn.LayerNorm(d, eps=LAYER_NORM_EPS)
         self.spatial_attn_agg = SpatialPooling(d, cfg.num_heads, cfg.mlp_ratio)
+        # registered only when it exists, so the official state dict has no such key
+        self.feature_proj = nn.Linear(d, cfg.output_dim) if cfg.has_feature_proj else None
         self.reset_parameters()
 
     @torch.no_grad()
@@ -241,14 +262,24 @@ class Motionformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
-        n, c, t, height, width = x.shape
-        if (c, t, height, width) != (3, cfg.num_frames, cfg.image_size, cfg.image_size):
+        if x.ndim != 5 or tuple(x.shape[1:]) != (3, cfg.num_frames, cfg.image_size, cfg.image_size):
             raise ValueError(
                 f"Motionformer segments must be (N, 3, {cfg.num_frames}, {cfg.image_size}, {cfg.image_size}), "
                 f"got {tuple(x.shape)}"
             )
+        return self.forward_tubelets(self.patch_embed_3d(x))
+
+    def forward_tubelets(self, grid: torch.Tensor) -> torch.Tensor:
+        """(N, D, t, h, w) tubelet embeddings of N segments (``patch_embed_3d``'s output) -> (N, t, output_dim)."""
+        cfg = self.cfg
         frames, patches = cfg.token_frames, cfg.patches_per_frame
-        x = self.patch_embed_3d(x)  # (N, F*P, D)
+        if tuple(grid.shape[1:]) != (cfg.embed_dim, frames, cfg.grid_size, cfg.grid_size):
+            raise ValueError(
+                f"Motionformer tubelet grid must be (N, {cfg.embed_dim}, {frames}, {cfg.grid_size}, {cfg.grid_size}), "
+                f"got {tuple(grid.shape)}"
+            )
+        n = grid.shape[0]
+        x = grid.flatten(2).transpose(1, 2)  # (N, F*P, D), frame-major: index = f * P + row * w + col
         # separate space/time positions: spatial table tiled over frames + temporal table per frame
         pos = self.pos_embed[:, 1:].repeat(1, frames, 1) + self.temp_embed.repeat_interleave(patches, dim=1)
         x = x + pos  # (N, F*P, D)
@@ -258,4 +289,6 @@ class Motionformer(nn.Module):
             x = block(x, frames)
         x = self.norm(x[:, 1:])  # (N, F*P, D); the ViT's CLS token is not used for features
         x = self.spatial_attn_agg(x.reshape(n * frames, patches, -1))  # (N*F, D)
-        return x.view(n, frames, -1)  # (N, F, D)
+        if self.feature_proj is not None:
+            x = self.feature_proj(x)  # (N*F, feature_dim)
+        return x.view(n, frames, -1)  # (N, F, feature_dim)

@@ -47,10 +47,10 @@ class SynchformerPreset:
 
     def __post_init__(self) -> None:
         mf = self.motionformer
-        contract = (mf.embed_dim, mf.image_size, mf.num_frames)
+        contract = (mf.output_dim, mf.image_size, mf.num_frames)
         if contract != (FEATURE_DIM, FRAME_SIZE, SEGMENT_FRAMES):
             raise ValueError(
-                f"Synchformer preset '{self.name}' breaks the feature contract: (embed_dim, image_size, "
+                f"Synchformer preset '{self.name}' breaks the feature contract: (output_dim, image_size, "
                 f"num_frames) = {contract}, must be {(FEATURE_DIM, FRAME_SIZE, SEGMENT_FRAMES)}"
             )
 
@@ -62,12 +62,15 @@ class SynchformerPreset:
 SYNCHFORMER_PRESETS: dict[str, SynchformerPreset] = {
     # Motionformer 'divided_224_16x4' as Synchformer trained it: 122,440,704 parameters.
     "official": SynchformerPreset(name="official", motionformer=MotionformerConfig()),
-    # Same contract at low cost. The output width is the embedding width, so it stays 768; the cost
-    # then sits in the token count and the MLPs: 56 px patches (4x4 per frame, 129 tokens per
-    # segment instead of 1569), one block, 2 heads, MLP ratio 1.
+    # Same contract at low cost. The 3D patch conv costs pixels x embed_dim whatever the patch size,
+    # and at width 768 this preset took ~2 s per 8 s clip on one CPU core; so the model runs at width
+    # 32 and a linear feature_proj (a layer only this preset has) gives the 768-wide features. 56 px
+    # patches (4x4 per frame, 129 tokens per segment instead of 1569), one block, 2 heads, MLP ratio 1.
     "tiny": SynchformerPreset(
         name="tiny",
-        motionformer=MotionformerConfig(embed_dim=768, depth=1, num_heads=2, mlp_ratio=1, patch_size=56),
+        motionformer=MotionformerConfig(
+            embed_dim=32, depth=1, num_heads=2, mlp_ratio=1, patch_size=56, feature_dim=FEATURE_DIM
+        ),
     ),
 }
 
@@ -191,23 +194,50 @@ class SynchformerVisual(nn.Module):
         """(B, T, 3, 224, 224) frames, float in [0, 1] or uint8 -> (B, S*8, 768) features.
 
         T frames give S = (T - 16) // 8 + 1 segments (200 -> 24). ``batch_size`` is how many segments
-        go through the network at once, counted over the flattened (B*S) segments in batch-major
+        go through the transformer at once, counted over the flattened (B*S) segments in batch-major
         order; None or <= 0 means B, as upstream's ``encode_video_with_sync`` does. Segments are
         independent, so it changes memory use, not the result (beyond float rounding).
+
+        Upstream embeds every 16-frame segment separately. Segments start every 8 frames, a multiple
+        of the 2-frame tubelet, so each segment's tubelets are tubelets of the whole clip: the 3D
+        patch conv runs once per clip and segments take views of its output. That is the same
+        arithmetic per tubelet with half the conv work (segments overlap by half) and no
+        (B*S, 16, 3, 224, 224) copy of the frames.
         """
         size = self.preset.motionformer.image_size
         if frames.ndim != 5 or tuple(frames.shape[2:]) != (3, size, size):
             raise ValueError(f"Synchformer frames must be (B, T, 3, {size}, {size}), got {tuple(frames.shape)}")
-        if frames.dtype == torch.uint8:
-            frames = frames.to(self.device).float() / 255.0  # as torchvision's ToDtype(scale=True)
-        elif frames.is_floating_point():
-            frames = frames.to(self.device).float()
-        else:
+        if frames.dtype != torch.uint8 and not frames.is_floating_point():
             raise ValueError(f"Synchformer frames must be uint8 or floats in [0, 1], got dtype {frames.dtype}")
-        b = frames.shape[0]
-        frames = (frames - PIXEL_MEAN) / PIXEL_STD  # (B, T, C, H, W) in [-1, 1]
-        segments = segment_frames(frames).flatten(0, 1).to(self.dtype)  # (B*S, 16, C, H, W)
+        b, num_frames = frames.shape[:2]
+        num_segments = num_sync_segments(num_frames)
+        if num_segments == 0:
+            raise ValueError(f"Synchformer needs at least {SEGMENT_FRAMES} frames, got {num_frames}")
+        mf = self.vfeat_extractor
+        cfg = mf.cfg
+        if SEGMENT_STEP % cfg.tubelet_frames:
+            raise ValueError(f"segment step {SEGMENT_STEP} is not a multiple of the tubelet length {cfg.tubelet_frames}")
+        used_frames = (num_segments - 1) * SEGMENT_STEP + SEGMENT_FRAMES  # trailing frames no segment reaches
+        grids = [mf.patch_embed_3d(self._normalise(frames[i:i + 1, :used_frames])) for i in range(b)]
+        grid = torch.cat(grids)  # (B, D, used_frames / tubelet, h, w)
+        # segment s covers tubelets [s * step / tubelet, + token_frames)
+        segments = grid.unfold(2, cfg.token_frames, SEGMENT_STEP // cfg.tubelet_frames)  # (B, D, S, h, w, t)
+        segments = segments.permute(0, 2, 1, 5, 3, 4).flatten(0, 1)  # (B*S, D, t, h, w), a view
         step = b if batch_size is None or batch_size <= 0 else batch_size
-        out = [self(segments[i:i + step].unsqueeze(1)) for i in range(0, segments.shape[0], step)]
-        x = torch.cat(out).flatten(1, 2)  # (B*S, t, D)
-        return x.unflatten(0, (b, -1)).flatten(1, 2)  # (B, S*t, D)
+        out = [mf.forward_tubelets(segments[i:i + step]) for i in range(0, segments.shape[0], step)]
+        x = torch.cat(out)  # (B*S, t, D_out)
+        return x.unflatten(0, (b, num_segments)).flatten(1, 2)  # (B, S*t, D_out)
+
+    def _normalise(self, frames: torch.Tensor) -> torch.Tensor:
+        """(N, T, 3, H, W) uint8 or [0, 1] float -> (N, 3, T, H, W) in [-1, 1], the conv's layout, model dtype.
+
+        Same arithmetic as upstream's transforms (torchvision's ToDtype(scale=True) multiplies uint8 by
+        1 / 255, then Normalize computes (x - 0.5) / 0.5), done in place on one fresh float32 tensor.
+        """
+        n, t, c, h, w = frames.shape
+        x = torch.empty((n, c, t, h, w), dtype=torch.float32, device=self.device)
+        x.copy_(frames.transpose(1, 2))  # moves, converts and transposes in one pass
+        if frames.dtype == torch.uint8:
+            x.mul_(1.0 / 255)
+        x.sub_(PIXEL_MEAN).div_(PIXEL_STD)
+        return x.to(self.dtype)

@@ -142,7 +142,13 @@ def test_image_input_is_checked(tiny: CLIPEncoder) -> None:
     with pytest.raises(ValueError, match=r"\(1, 2, 3, 224, 224\)"):
         tiny.encode_image(torch.rand(1, 2, 3, 224, 224))
     with pytest.raises(ValueError, match="uint8"):
-        tiny.encode_image(torch.zeros(1, 1, 3, 384, 384, dtype=torch.uint8))
+        tiny.encode_image(torch.zeros(1, 1, 3, 384, 384, dtype=torch.int32))
+
+
+def test_uint8_frames_are_scaled_like_torchvision(tiny: CLIPEncoder) -> None:
+    frames_u8 = (_frames(1, 2) * 255).round().to(torch.uint8)
+    scaled = frames_u8.float().mul_(1.0 / 255)  # torchvision ToDtype(float32, scale=True)
+    torch.testing.assert_close(tiny.encode_image(frames_u8), tiny.encode_image(scaled), atol=0, rtol=0)
 
 
 def test_text_features_are_per_token_unprojected_and_causal(tiny: CLIPEncoder) -> None:

@@ -179,8 +179,18 @@ def test_wrong_files_raise_naming_the_file(tiny_file: Path, tmp_path: Path) -> N
 def test_presets_keep_the_feature_contract() -> None:
     for preset in SYNCHFORMER_PRESETS.values():
         assert preset.features_per_segment == 8
-        assert preset.motionformer.embed_dim == 768
+        assert preset.motionformer.output_dim == 768
+    assert not SYNCHFORMER_PRESETS["official"].motionformer.has_feature_proj  # official keys stay exact
     with pytest.raises(ValueError, match="feature contract"):
         SynchformerPreset(name="narrow", motionformer=MotionformerConfig(embed_dim=384, num_heads=6))
+    with pytest.raises(ValueError, match="feature contract"):
+        SynchformerPreset(name="narrow_out", motionformer=MotionformerConfig(embed_dim=32, num_heads=2, feature_dim=512))
+
+
+def test_feature_proj_exists_only_when_widths_differ() -> None:
+    tiny = build_synchformer_visual("tiny", device="meta")
+    assert tuple(tiny.state_dict()["vfeat_extractor.feature_proj.weight"].shape) == (768, 32)
+    official = build_synchformer_visual("official", device="meta")
+    assert not any("feature_proj" in k for k in official.state_dict())
     with pytest.raises(KeyError, match="unknown Synchformer preset"):
         SynchformerVisual("huge")

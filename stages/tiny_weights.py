@@ -1,0 +1,44 @@
+"""Stage tiny_weights: write the `tiny` weight profile's encoder files.
+
+    python stages/tiny_weights.py [tiny_weights.seed=1]
+
+Writes tiny_weights.out_dir (ext_weights/tiny): every encoder at its tiny preset with weights drawn
+from tiny_weights.seed, under the official file names and in the official formats (v1-16.pth,
+v1-44.pth, best_netG.pt, bigvgan_v2_44khz_128band_512x/, synchformer_state_dict.pth,
+DFN5B-CLIP-ViT-H-14-384/, empty_string.pth). The same seed gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
+
+from mmaudio.cli import parse_stage_args, setup_logging
+from mmaudio.config import find_repo_root
+from mmaudio.encoders.profiles import get_profile
+from mmaudio.encoders.tiny import write_tiny_weights
+from mmaudio.tracking import StageRun
+
+log = logging.getLogger("tiny_weights")
+
+
+def main(argv=None) -> None:
+    setup_logging()
+    _, params = parse_stage_args(__doc__, argv)
+    cfg = params.tiny_weights
+    expected = find_repo_root() / get_profile("tiny").root
+    if Path(cfg.out_dir).resolve() != expected.resolve():
+        log.warning("tiny_weights.out_dir=%s is not %s, where the `tiny` profile reads its weights", cfg.out_dir, expected)
+    with StageRun("tiny_weights", params) as run:
+        files = write_tiny_weights(cfg.out_dir, seed=cfg.seed)
+        total = sum(f.stat().st_size for f in files)
+        log.info("wrote %d files (%.1f MB) with seed %d to %s", len(files), total / 1e6, cfg.seed, cfg.out_dir)
+        run.log_metrics({"files": len(files), "megabytes": total / 1e6})
+        run.log_outputs([cfg.out_dir])
+
+
+if __name__ == "__main__":
+    main()
