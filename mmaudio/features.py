@@ -25,7 +25,7 @@ from typing import Literal
 
 import torch
 
-from mmaudio.tables import read_tsv, write_rejects, write_tsv
+from mmaudio.tables import TableError, read_tsv, write_rejects, write_tsv
 
 Mode = Literal["16k", "44k"]
 Kind = Literal["video", "audio"]
@@ -73,39 +73,100 @@ def write_feature_set(
     storage_dtype: str = "float32",
     info: Mapping[str, object] | None = None,
 ) -> Path:
-    """Validate and write a feature set; the directory appears whole or not at all."""
-    from tensordict import TensorDict
+    """Validate and write a feature set held in memory; the directory appears whole or not at all."""
+    with FeatureSetWriter(out_dir, mode=mode, kind=kind, num_rows=len(ids), storage_dtype=storage_dtype, info=info) as w:
+        w.append(tensors)
+        return w.commit(ids, texts, rejects)
 
-    out = Path(out_dir)
-    if storage_dtype not in STORAGE_DTYPES:
-        raise ValueError(f"storage_dtype must be one of {sorted(STORAGE_DTYPES)}, got {storage_dtype!r}")
-    n = len(ids)
-    if len(texts) != n:
-        raise ValueError(f"{out}: {n} ids but {len(texts)} texts")
-    shapes = feature_shapes(mode, kind)
-    if set(tensors) != set(shapes):
-        raise FeatureSetError(f"{out}: keys {sorted(tensors)} do not match the contract {sorted(shapes)}")
-    for k, shape in shapes.items():
-        if tuple(tensors[k].shape) != (n, *shape):
-            raise FeatureSetError(f"{out}: key {k!r} has shape {tuple(tensors[k].shape)}, expected {(n, *shape)}")
-    dtype = STORAGE_DTYPES[storage_dtype]
-    td = TensorDict({k: v.to(dtype).contiguous() for k, v in tensors.items()}, batch_size=[n])
 
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        td.memmap_(prefix=tmp / TD_DIR)
-        write_tsv(tmp / SAMPLES_TSV, ("id", TEXT_COLUMN[kind]), [{"id": i, TEXT_COLUMN[kind]: t} for i, t in zip(ids, texts)])
-        write_rejects(tmp / REJECTS_TSV, rejects)
-        meta = {"mode": mode, "kind": kind, "storage_dtype": storage_dtype, "rows": n, **(info or {})}
-        (tmp / INFO_JSON).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
-        replace_dir(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return out
+class FeatureSetWriter:
+    """Writes a feature set of known size piece by piece, so it never has to fit in memory.
+
+    The memmaps are allocated in a hidden sibling folder; :meth:`append` fills the next rows;
+    :meth:`commit` writes the TSVs and info.json and renames the folder into place. Leaving the
+    ``with`` block without a commit (an exception) removes the partial folder.
+
+        with FeatureSetWriter(out, mode="16k", kind="audio", num_rows=n) as w:
+            for part in parts:
+                w.append(part)  # {key: (rows, *shape)}
+            w.commit(ids, texts, rejects)
+    """
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        *,
+        mode: str,
+        kind: str,
+        num_rows: int,
+        storage_dtype: str = "float32",
+        info: Mapping[str, object] | None = None,
+    ):
+        from tensordict import TensorDict
+
+        if storage_dtype not in STORAGE_DTYPES:
+            raise ValueError(f"storage_dtype must be one of {sorted(STORAGE_DTYPES)}, got {storage_dtype!r}")
+        self.out = Path(out_dir)
+        self.mode, self.kind, self.num_rows, self.storage_dtype = mode, kind, int(num_rows), storage_dtype
+        self.info = dict(info or {})
+        self.shapes = feature_shapes(mode, kind)
+        self.filled = 0
+        self.tmp = self.out.with_name(f".{self.out.name}.tmp-{os.getpid()}")
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+        self.tmp.mkdir(parents=True)
+        dtype = STORAGE_DTYPES[storage_dtype]
+        # An expanded one-row template has the full shape but no memory behind it; memmap_like only
+        # reads shapes and dtypes, so the files are allocated (sparse) without a copy in RAM.
+        template = TensorDict(
+            {k: torch.zeros((1, *shape), dtype=dtype).expand(self.num_rows, *shape) for k, shape in self.shapes.items()},
+            batch_size=[self.num_rows],
+        )
+        self.td = template.memmap_like(prefix=self.tmp / TD_DIR)
+
+    def __enter__(self) -> "FeatureSetWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.abort()
+
+    def append(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Write the next rows: every contract key, all with the same number of rows."""
+        if set(tensors) != set(self.shapes):
+            raise FeatureSetError(f"{self.out}: keys {sorted(tensors)} do not match the contract {sorted(self.shapes)}")
+        n = None
+        for k, shape in self.shapes.items():
+            t = tensors[k]
+            n = t.shape[0] if n is None else n
+            if tuple(t.shape) != (n, *shape):
+                raise FeatureSetError(f"{self.out}: key {k!r} has shape {tuple(t.shape)}, expected {(n, *shape)}")
+        if self.filled + n > self.num_rows:
+            raise FeatureSetError(f"{self.out}: {self.filled + n} rows written, but the set was sized for {self.num_rows}")
+        dtype = STORAGE_DTYPES[self.storage_dtype]
+        for k in self.shapes:
+            self.td[k][self.filled : self.filled + n] = tensors[k].to(dtype)
+        self.filled += n
+
+    def commit(self, ids: Sequence[str], texts: Sequence[str], rejects: Sequence[tuple[str, str]] = ()) -> Path:
+        """Write the row TSV, rejects and info.json, then move the set into place."""
+        if len(ids) != self.num_rows or len(texts) != self.num_rows:
+            raise ValueError(f"{self.out}: {self.num_rows} rows but {len(ids)} ids and {len(texts)} texts")
+        if self.filled != self.num_rows:
+            raise FeatureSetError(f"{self.out}: only {self.filled} of {self.num_rows} rows were written")
+        self.td = None  # writes sit in shared file mappings; the folder can move under them
+        column = TEXT_COLUMN[self.kind]
+        write_tsv(self.tmp / SAMPLES_TSV, ("id", column), [{"id": i, column: t} for i, t in zip(ids, texts)])
+        write_rejects(self.tmp / REJECTS_TSV, rejects)
+        meta = {"mode": self.mode, "kind": self.kind, "storage_dtype": self.storage_dtype, "rows": self.num_rows, **self.info}
+        (self.tmp / INFO_JSON).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+        replace_dir(self.tmp, self.out)
+        return self.out
+
+    def abort(self) -> None:
+        """Remove the partial folder (nothing happens after a commit)."""
+        self.td = None
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
 
 
 def replace_dir(src: Path, dst: Path) -> None:
@@ -141,11 +202,17 @@ class FeatureSet:
         info_file = path / INFO_JSON
         if not info_file.is_file():
             raise FeatureSetError(f"{path}: not a feature set (no {INFO_JSON})")
-        info = json.loads(info_file.read_text())
+        try:
+            info = json.loads(info_file.read_text())
+        except json.JSONDecodeError as e:
+            raise FeatureSetError(f"{path}: {INFO_JSON} is not valid JSON ({e})") from e
         for name, want in (("mode", mode), ("kind", kind)):
             if want is not None and info.get(name) != want:
                 raise FeatureSetError(f"{path}: holds {name} {info.get(name)!r}, expected {want!r}")
-        shapes = feature_shapes(info["mode"], info["kind"])
+        try:
+            shapes = feature_shapes(info.get("mode"), info.get("kind"))
+        except ValueError as e:
+            raise FeatureSetError(f"{path}: {INFO_JSON}: {e}") from e
         storage = info.get("storage_dtype", "float32")
         if storage not in STORAGE_DTYPES:
             raise FeatureSetError(f"{path}: unknown storage dtype {storage!r}")
@@ -156,10 +223,15 @@ class FeatureSet:
         keys = set(td.keys())
         if keys != set(shapes):
             raise FeatureSetError(f"{path}: keys {sorted(keys)} do not match the contract {sorted(shapes)}")
-        rows = read_tsv(path / SAMPLES_TSV, ("id", TEXT_COLUMN[info["kind"]]))
+        try:
+            rows = read_tsv(path / SAMPLES_TSV, ("id", TEXT_COLUMN[info["kind"]]))
+        except TableError as e:
+            raise FeatureSetError(f"{path}: {e}") from e
         n = td.batch_size[0] if td.batch_size else -1
         if len(rows) != n:
             raise FeatureSetError(f"{path}: {SAMPLES_TSV} has {len(rows)} rows but the memmap has {n}")
+        if "rows" in info and info["rows"] != n:
+            raise FeatureSetError(f"{path}: {INFO_JSON} says {info['rows']} rows but the memmap has {n}")
         for k, shape in shapes.items():
             t = td[k]
             if tuple(t.shape[1:]) != shape:

@@ -1,0 +1,252 @@
+"""Rows to decoded training clips, for the extraction stages.
+
+Audio datasets: the partition stage's clip TSV (``id, name, start_sample, end_sample``) plus captions
+keyed by file stem. Video datasets: the index stage's TSV (usable rows with their file). Either gives
+a :class:`RowList`, sorted by id, with the rows earlier stages or this one could not use as rejects.
+
+The datasets return a :class:`Decoded` clip or a :class:`Rejected` record for every row (never
+``None``), so a DataLoader worker can decode while the main process encodes, and nothing is lost.
+Upstream semantics (MMAudio's WavTextClipsDataset and VGGSound datasets):
+
+- audio: mono, peak-normalised to 0.95 over the whole file (silent files rejected), cut at the native
+  rate, resampled, and the full clip length required;
+- video: the first 8 s at 8 fps / 384 px and 25 fps / 224 px, the audio track from its start;
+  peak-normalised (silent rejected) only for training lists (``normalize_audio``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from mmaudio.config import AudioDatasetConfig, VideoDatasetConfig
+from mmaudio.media import CLIP_FRAMES, SYNC_FRAMES, MediaError, decode_audio, load_video_clip, resample
+from mmaudio.media_index import resolve_media
+from mmaudio.partition import AUDIO_SUFFIXES, CLIP_COLUMNS
+from mmaudio.tables import REJECT_COLUMNS, TableError, read_tsv
+
+PEAK_LEVEL = 0.95  # upstream scales each file so that max |x| is this
+SILENCE_PEAK = 1e-6  # a file whose peak is at or below this is silent and rejected
+
+
+@dataclass(frozen=True)
+class ClipRow:
+    """One clip to extract: where it comes from and its text (caption or label)."""
+
+    id: str
+    text: str
+    path: str
+    start_sample: int = 0  # native-rate cut (audio datasets); video clips start at 0
+    end_sample: int | None = None
+
+
+@dataclass
+class RowList:
+    rows: list[ClipRow]  # sorted by id
+    rejects: list[tuple[str, str]] = field(default_factory=list)  # (id, reason), from earlier stages first
+
+
+def _carried_rejects(path: str | os.PathLike) -> list[tuple[str, str]]:
+    """An earlier stage's rejects manifest. Its ids may be file names that were rejected precisely
+    because they are not valid ids, so they are carried as text, unchecked and not necessarily unique."""
+    return [(r["id"], r["reason"]) for r in read_tsv(path, REJECT_COLUMNS, id_column=None)]
+
+
+def _int_field(row: dict[str, str], column: str, source: str) -> int:
+    try:
+        return int(row[column])
+    except ValueError as e:
+        raise TableError(f"{source}: id {row['id']!r}: {column} {row[column]!r} is not an integer") from e
+
+
+def audio_rows(ds: AudioDatasetConfig) -> RowList:
+    """The clips of an audio dataset with their captions; clips of uncaptioned files are rejects."""
+    media_dir = Path(ds.media_dir)
+    captions = {r["id"]: r["caption"] for r in read_tsv(ds.captions_tsv, ("id", "caption"))}
+    rejects = _carried_rejects(ds.rejects_tsv)
+    rows: list[ClipRow] = []
+    for r in sorted(read_tsv(ds.clips_tsv, CLIP_COLUMNS), key=lambda r: r["id"]):
+        name = r["name"]
+        if name not in captions:
+            rejects.append((r["id"], f"no caption for file {name!r} in {ds.captions_tsv}"))
+            continue
+        try:
+            path = resolve_media(media_dir, name, AUDIO_SUFFIXES)
+        except (FileNotFoundError, ValueError) as e:
+            rejects.append((r["id"], str(e)))
+            continue
+        start = _int_field(r, "start_sample", str(ds.clips_tsv))
+        end = _int_field(r, "end_sample", str(ds.clips_tsv))
+        rows.append(ClipRow(r["id"], captions[name], str(path), start, end))
+    return RowList(rows, rejects)
+
+
+def video_rows(ds: VideoDatasetConfig) -> RowList:
+    """The usable rows of a video dataset's index, with the index stage's rejects carried forward."""
+    media_dir = Path(ds.media_dir)
+    index = read_tsv(ds.index_tsv, ("id", "label", "file"))
+    rows = [ClipRow(r["id"], r["label"], str(media_dir / r["file"])) for r in sorted(index, key=lambda r: r["id"])]
+    return RowList(rows, _carried_rejects(ds.rejects_tsv))
+
+
+# -- decoded clips ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Decoded:
+    """A clip ready for the encoders."""
+
+    index: int  # position in the row list
+    id: str
+    text: str
+    audio: torch.Tensor  # (L,) float32 at the target rate
+    clip_frames: torch.Tensor | None = None  # (64, 3, 384, 384) uint8, video only
+    sync_frames: torch.Tensor | None = None  # (200, 3, 224, 224) uint8, video only
+
+
+@dataclass
+class Rejected:
+    """A row that cannot give a clip, and why (goes to the rejects manifest verbatim)."""
+
+    index: int
+    id: str
+    reason: str
+
+
+def _silent_reason(peak: float) -> str:
+    return f"silent audio (peak {peak:.3g} <= {SILENCE_PEAK:g})"
+
+
+class AudioClipDataset(Dataset):
+    """Clip rows of audio files -> :class:`Decoded` (audio only) or :class:`Rejected`."""
+
+    def __init__(self, rows: Sequence[ClipRow], *, sample_rate: int, num_samples: int):
+        self.rows = list(rows)
+        self.sample_rate = sample_rate
+        self.num_samples = num_samples
+        # Clips of one file are neighbours in the sorted list and land in the same batch; keeping the
+        # last decoded file avoids decoding it once per clip.
+        self._last: tuple[str, torch.Tensor, int, float] | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _mono(self, path: str) -> tuple[torch.Tensor, int, float]:
+        if self._last is None or self._last[0] != path:
+            track = decode_audio(path)
+            mono = track.mono()  # (L,) at the native rate
+            self._last = (path, mono, track.sample_rate, float(mono.abs().max()))
+        return self._last[1:]
+
+    def __getitem__(self, i: int) -> Decoded | Rejected:
+        row = self.rows[i]
+        try:
+            mono, rate, peak = self._mono(row.path)
+        except MediaError as e:
+            return Rejected(i, row.id, e.reason)
+        if peak <= SILENCE_PEAK:
+            return Rejected(i, row.id, _silent_reason(peak))
+        wave = mono[row.start_sample : row.end_sample] * (PEAK_LEVEL / peak)
+        wave = resample(wave, rate, self.sample_rate)
+        if wave.shape[0] < self.num_samples:
+            return Rejected(
+                i, row.id, f"audio too short: {wave.shape[0]} samples at {self.sample_rate} Hz, need {self.num_samples}"
+            )
+        return Decoded(i, row.id, row.text, wave[: self.num_samples].contiguous())
+
+
+class VideoClipDataset(Dataset):
+    """Video rows -> :class:`Decoded` (audio, CLIP and Synchformer frames) or :class:`Rejected`."""
+
+    def __init__(
+        self,
+        rows: Sequence[ClipRow],
+        *,
+        sample_rate: int,
+        num_samples: int,
+        duration_sec: float,
+        normalize_audio: bool,
+    ):
+        self.rows = list(rows)
+        self.sample_rate = sample_rate
+        self.num_samples = num_samples
+        self.duration_sec = duration_sec
+        self.normalize_audio = normalize_audio
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> Decoded | Rejected:
+        row = self.rows[i]
+        try:
+            clip = load_video_clip(
+                row.path,
+                duration_sec=self.duration_sec,
+                specs=(CLIP_FRAMES, SYNC_FRAMES),
+                audio_rate=self.sample_rate,
+                audio_samples=self.num_samples,
+            )
+        except MediaError as e:
+            return Rejected(i, row.id, e.reason)
+        audio = clip.audio  # (L,)
+        if self.normalize_audio:
+            if clip.audio_peak <= SILENCE_PEAK:
+                return Rejected(i, row.id, _silent_reason(clip.audio_peak))
+            # Resampling is linear, so scaling after it equals upstream's scaling before it.
+            audio = audio * (PEAK_LEVEL / clip.audio_peak)
+        return Decoded(i, row.id, row.text, audio, clip.frames[CLIP_FRAMES.name], clip.frames[SYNC_FRAMES.name])
+
+
+# -- batches ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class ClipBatch:
+    """What the DataLoader hands the encoders: the decoded clips stacked, and the rejects."""
+
+    indices: list[int]
+    ids: list[str]
+    texts: list[str]
+    audio: torch.Tensor  # (B, L)
+    clip_frames: torch.Tensor | None  # (B, 64, 3, 384, 384) uint8
+    sync_frames: torch.Tensor | None  # (B, 200, 3, 224, 224) uint8
+    rejects: list[Rejected]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def pin_memory(self) -> "ClipBatch":
+        # DataLoader(pin_memory=True) calls this on custom batch types.
+        def pin(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.pin_memory()
+
+        return ClipBatch(self.indices, self.ids, self.texts, pin(self.audio), pin(self.clip_frames),
+                         pin(self.sync_frames), self.rejects)
+
+
+def collate_clips(items: Sequence[Decoded | Rejected]) -> ClipBatch:
+    """Stack the decoded clips of a batch; rejects travel alongside (a batch may be all rejects)."""
+    ok = [x for x in items if isinstance(x, Decoded)]
+    rejects = [x for x in items if isinstance(x, Rejected)]
+
+    def stack(name: str) -> torch.Tensor | None:
+        parts = [getattr(x, name) for x in ok]
+        if not parts or parts[0] is None:
+            return None
+        return torch.stack(parts)
+
+    audio = stack("audio")
+    return ClipBatch(
+        indices=[x.index for x in ok],
+        ids=[x.id for x in ok],
+        texts=[x.text for x in ok],
+        audio=audio if audio is not None else torch.empty(0, 0),
+        clip_frames=stack("clip_frames"),
+        sync_frames=stack("sync_frames"),
+        rejects=rejects,
+    )

@@ -1,0 +1,591 @@
+"""Feature extraction: rows -> encoder features in resumable shards -> one feature set.
+
+The sorted row list is cut into shards of ``shard_size`` contiguous rows; shard k belongs to rank
+``k % world_size``. Batches never span shards, so what a shard holds depends only on its rows and the
+settings, never on how many processes ran: the merged set is the same for 1 or G processes.
+
+Every finished shard is written into a work folder next to the output, ``<out>.work/``, as
+``shard-00012.pt`` (tensors) and then ``shard-00012.json`` (ids, texts, rejects, fingerprint). The
+json is written last, by rename, so its presence means the shard is whole. The fingerprint hashes the
+shard's rows (ids, texts, file paths, sizes and modification times), the settings that change
+numbers (mode, profile, weights, device type, batch size, storage dtype, normalisation) and the code
+that computes them, so a shard left by a different configuration is recomputed, never reused. A
+killed run started again skips finished shards. After a barrier rank 0 merges the shards in order
+into the feature set (written aside and renamed into place) and removes the work folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from mmaudio.clip_sources import (
+    AudioClipDataset,
+    ClipBatch,
+    ClipRow,
+    VideoClipDataset,
+    audio_rows,
+    collate_clips,
+    video_rows,
+)
+from mmaudio.config import ConfigError, Params, find_repo_root
+from mmaudio.distributed import DistContext, all_reduce_sum, barrier
+from mmaudio.features import STORAGE_DTYPES, FeatureSetWriter, feature_shapes
+from mmaudio.weights import load_weight_file, save_weight_file
+
+log = logging.getLogger(__name__)
+
+DURATION_SEC = 8.0  # what the model trains on
+
+
+@dataclass(frozen=True)
+class AudioSpec:
+    sample_rate: int  # Hz
+    num_samples: int  # per clip; 44.1 kHz uses 353280 (8.01 s), a multiple of the VAE's 1024-sample stride
+
+
+AUDIO_SPECS: dict[str, AudioSpec] = {"16k": AudioSpec(16_000, 128_000), "44k": AudioSpec(44_100, 353_280)}
+
+FINGERPRINT_VERSION = 1  # bump when the shard format or its meaning changes
+# Modules whose code decides the numbers in a shard; their sources enter the fingerprint.
+_CODE_FILES = ("media.py", "clip_sources.py", "extraction.py")
+_CODE_DIRS = ("encoders",)
+
+
+class Encoders(Protocol):
+    """What extraction needs from the encoders (mmaudio.encoders.facade.FeatureEncoders)."""
+
+    def encode_audio(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def encode_clip(self, frames: torch.Tensor) -> torch.Tensor: ...
+
+    def encode_sync(self, frames: torch.Tensor) -> torch.Tensor: ...
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor: ...
+
+
+# -- shards ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int
+    start: int  # first row (inclusive)
+    end: int  # last row (exclusive)
+
+    @property
+    def name(self) -> str:
+        return f"shard-{self.index:05d}"
+
+
+def plan_shards(num_rows: int, shard_size: int) -> list[Shard]:
+    """Contiguous blocks of ``shard_size`` rows (the last one may be shorter)."""
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    return [Shard(k, s, min(s + shard_size, num_rows)) for k, s in enumerate(range(0, num_rows, shard_size))]
+
+
+def shards_of_rank(shards: Sequence[Shard], rank: int, world_size: int) -> list[Shard]:
+    """Round-robin: shard k goes to rank k % world_size, so ranks get the same amount of work."""
+    return [s for s in shards if s.index % world_size == rank]
+
+
+def batches_of(shard: Shard, batch_size: int) -> list[list[int]]:
+    """Row indices of a shard in batches; a batch never crosses a shard boundary."""
+    return [list(range(i, min(i + batch_size, shard.end))) for i in range(shard.start, shard.end, batch_size)]
+
+
+def _stat(path: str) -> list[int]:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return [-1, -1]  # the decoder will reject it; a later appearance changes the fingerprint
+    return [st.st_size, st.st_mtime_ns]
+
+
+def paths_fingerprint(paths: Iterable[str | os.PathLike]) -> str:
+    """Names, sizes and modification times of files (folders recursively): cheap, and changes when
+    a file is replaced. Used for weights, whose contents can be gigabytes."""
+    entries = []
+    for p in paths:
+        p = Path(p)
+        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+        entries += [[str(f), *_stat(str(f))] for f in files]
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
+
+
+def code_fingerprint() -> str:
+    """sha256 of the sources that compute shard contents."""
+    pkg = Path(__file__).resolve().parent
+    files = [pkg / f for f in _CODE_FILES] + sorted(f for d in _CODE_DIRS for f in (pkg / d).glob("*.py"))
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.relative_to(pkg).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def shard_fingerprint(rows: Sequence[ClipRow], settings: Mapping[str, Any]) -> str:
+    """sha256 over the shard's rows (with file sizes and times) and the settings."""
+    described = [[r.id, r.text, r.path, r.start_sample, r.end_sample, *_stat(r.path)] for r in rows]
+    blob = json.dumps({"v": FINGERPRINT_VERSION, "settings": settings, "rows": described}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@dataclass
+class ShardManifest:
+    shard: int
+    fingerprint: str
+    ids: list[str]
+    texts: list[str]
+    rejects: list[tuple[str, str]]
+    tensor_file_bytes: int
+    tensor_file_sha256: str = ""  # empty in manifests written before the hash was recorded: size check only
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, indent=1) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "ShardManifest":
+        d = json.loads(text)
+        d["rejects"] = [tuple(r) for r in d["rejects"]]
+        return cls(**d)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            h.update(block)
+    return h.hexdigest()
+
+
+class ShardStore:
+    """The work folder of one extraction: finished shards, each a tensor file plus its manifest."""
+
+    def __init__(self, work_dir: str | os.PathLike):
+        self.dir = Path(work_dir)
+
+    def _tensors(self, shard: Shard) -> Path:
+        return self.dir / f"{shard.name}.pt"
+
+    def _manifest(self, shard: Shard) -> Path:
+        return self.dir / f"{shard.name}.json"
+
+    def manifest(self, shard: Shard, fingerprint: str) -> ShardManifest | None:
+        """The finished shard's manifest if it was made from exactly these inputs and settings."""
+        path = self._manifest(shard)
+        if not path.is_file():
+            return None
+        try:
+            m = ShardManifest.from_json(path.read_text())
+        except (json.JSONDecodeError, TypeError, KeyError) as e:
+            log.warning("%s: unreadable shard manifest (%s); recomputing the shard", path, e)
+            return None
+        tensors = self._tensors(shard)
+        if m.fingerprint != fingerprint or m.shard != shard.index:
+            return None
+        # a shard file damaged after it was finished (disk fault, truncation) is recomputed, not merged
+        if not tensors.is_file():
+            log.warning("%s: missing although its manifest %s says it is done; recomputing the shard", tensors, path.name)
+            return None
+        size = tensors.stat().st_size
+        if size != m.tensor_file_bytes:
+            log.warning("%s: %d bytes, its manifest %s says %d (truncated?); recomputing the shard",
+                        tensors, size, path.name, m.tensor_file_bytes)
+            return None
+        if m.tensor_file_sha256 and _sha256(tensors) != m.tensor_file_sha256:
+            log.warning("%s: SHA-256 differs from its manifest %s (damaged); recomputing the shard", tensors, path.name)
+            return None
+        return m
+
+    def save(self, shard: Shard, manifest: ShardManifest, tensors: Mapping[str, torch.Tensor]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._manifest(shard).unlink(missing_ok=True)  # an old manifest must not vouch for new tensors
+        path = save_weight_file({k: v.contiguous() for k, v in tensors.items()}, self._tensors(shard))
+        manifest.tensor_file_bytes = path.stat().st_size
+        manifest.tensor_file_sha256 = _sha256(path)
+        tmp = self._manifest(shard).with_suffix(".json.tmp")
+        tmp.write_text(manifest.to_json())
+        os.replace(tmp, self._manifest(shard))
+
+    def tensors(self, shard: Shard) -> dict[str, torch.Tensor]:
+        return load_weight_file(self._tensors(shard))
+
+
+# -- the run ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class ExtractSettings:
+    kind: str  # 'audio' | 'video'
+    mode: str  # '16k' | '44k'
+    storage_dtype: str
+    batch_size: int
+    shard_size: int
+    num_workers: int
+    fingerprint_settings: dict[str, Any] = field(default_factory=dict)  # profile, weights, normalisation, ...
+
+
+@dataclass
+class ExtractResult:
+    rows: int  # rows given (after earlier stages' rejects)
+    clips: int  # rows in the feature set
+    rejects: list[tuple[str, str]]  # carried + new, as written to rejects.tsv
+    new_rejects: int  # rows rejected by this stage (decode errors, silence, too short)
+    shards: int
+    shards_resumed: int  # finished shards found from an earlier run (all ranks)
+    clips_encoded: int  # rows decoded and encoded in this run (all ranks), resumed ones excluded
+    clips_per_sec: float  # decode + encode throughput of this run, all ranks together, model loading excluded
+    seconds: float  # rank 0's wall time of the decode + encode phase
+
+
+def work_dir_for(out_dir: str | os.PathLike) -> Path:
+    out = Path(out_dir)
+    return out.with_name(f"{out.name}.work")
+
+
+def _worker_init(_: int) -> None:
+    # Decoding workers run side by side; one intra-op thread each avoids oversubscribing the cores.
+    torch.set_num_threads(1)
+
+
+@torch.inference_mode()
+def encode_batch(encoders: Encoders, batch: ClipBatch, kind: str, device: torch.device, storage: torch.dtype) -> dict[str, torch.Tensor]:
+    """Features of the decoded clips of one batch, on CPU in the storage dtype."""
+    mean, std = encoders.encode_audio(batch.audio.to(device, non_blocking=True))  # (B, T, C) each
+    out = {"mean": mean, "std": std, "text_features": encoders.encode_text(list(batch.texts))}  # text: (B, 77, 1024)
+    if kind == "video":
+        out["clip_features"] = encoders.encode_clip(batch.clip_frames.to(device, non_blocking=True))  # (B, 64, 1024)
+        out["sync_features"] = encoders.encode_sync(batch.sync_frames.to(device, non_blocking=True))  # (B, 192, 768)
+    return {k: v.to("cpu", storage) for k, v in out.items()}
+
+
+def _empty_features(kind: str, mode: str, storage: torch.dtype) -> dict[str, torch.Tensor]:
+    return {k: torch.empty((0, *shape), dtype=storage) for k, shape in feature_shapes(mode, kind).items()}
+
+
+def extract_features(
+    rows: Sequence[ClipRow],
+    dataset: Dataset,
+    make_encoders: Callable[[], Encoders],
+    settings: ExtractSettings,
+    ctx: DistContext,
+    *,
+    out_dir: str | os.PathLike,
+    carried_rejects: Sequence[tuple[str, str]] = (),
+    info: Mapping[str, object] | None = None,
+    progress: bool = True,
+) -> ExtractResult | None:
+    """Extract features of ``rows`` (sorted by id; ``dataset[i]`` decodes ``rows[i]``) into ``out_dir``.
+
+    Every rank calls this; each encodes its own shards, and rank 0 merges after a barrier and returns
+    the result (other ranks return None). ``make_encoders`` is called once per rank, and only if that
+    rank has a shard left to compute.
+    """
+    storage = STORAGE_DTYPES[settings.storage_dtype]
+    store = ShardStore(work_dir_for(out_dir))
+    shards = plan_shards(len(rows), settings.shard_size)
+    fingerprints = {s.index: shard_fingerprint(rows[s.start : s.end], settings.fingerprint_settings) for s in shards}
+    mine = shards_of_rank(shards, ctx.rank, ctx.world_size)
+    todo = [s for s in mine if store.manifest(s, fingerprints[s.index]) is None]
+    resumed = len(mine) - len(todo)
+    if resumed:
+        log.info("rank %d: %d of its %d shards are already done in %s", ctx.rank, resumed, len(mine), store.dir)
+
+    encoded = 0
+    seconds = load_seconds = 0.0
+    if todo:
+        loader = DataLoader(
+            dataset,
+            batch_sampler=[b for s in todo for b in batches_of(s, settings.batch_size)],
+            num_workers=settings.num_workers,
+            collate_fn=collate_clips,
+            pin_memory=ctx.device.type == "cuda",
+            worker_init_fn=_worker_init if settings.num_workers > 0 else None,
+        )
+        t_load = time.perf_counter()
+        batches = iter(loader)  # workers start decoding now, while the encoders load
+        encoders = make_encoders()
+        t0 = time.perf_counter()
+        load_seconds = t0 - t_load
+        bar = tqdm(
+            total=sum(s.end - s.start for s in todo),
+            unit="clip",
+            desc=f"extract {Path(out_dir).name}",
+            disable=not (progress and ctx.is_main),
+            dynamic_ncols=True,
+        )
+        for shard in todo:
+            parts: list[dict[str, torch.Tensor]] = []
+            ids: list[str] = []
+            texts: list[str] = []
+            rejects: list[tuple[str, str]] = []
+            for batch_rows in batches_of(shard, settings.batch_size):
+                batch = next(batches)
+                if sorted(batch.indices + [r.index for r in batch.rejects]) != batch_rows:
+                    raise RuntimeError(f"{shard.name}: the DataLoader returned rows other than {batch_rows[0]}..{batch_rows[-1]}")
+                if len(batch):
+                    parts.append(encode_batch(encoders, batch, settings.kind, ctx.device, storage))
+                    ids += batch.ids
+                    texts += batch.texts
+                    encoded += len(batch)
+                rejects += [(r.id, r.reason) for r in sorted(batch.rejects, key=lambda r: r.index)]
+                bar.update(len(batch_rows))
+            tensors = (
+                {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+                if parts
+                else _empty_features(settings.kind, settings.mode, storage)  # a shard of rejects only
+            )
+            store.save(shard, ShardManifest(shard.index, fingerprints[shard.index], ids, texts, rejects, 0), tensors)
+        bar.close()
+        seconds = time.perf_counter() - t0
+        log.info("rank %d: encoders loaded in %.1f s; %d clips decoded and encoded in %.1f s", ctx.rank, load_seconds, encoded, seconds)
+    rate = encoded / seconds if encoded else 0.0
+
+    # The ranks work side by side, so the throughput of the run is the sum of theirs.
+    encoded_all, resumed_all, rate_all = all_reduce_sum([encoded, resumed, rate], ctx.device)
+    barrier()
+    if not ctx.is_main:
+        return None
+    result = merge_shards(
+        store, shards, fingerprints, settings, out_dir=out_dir, carried_rejects=carried_rejects, info=info
+    )
+    result.shards_resumed = int(resumed_all)
+    result.clips_encoded = int(encoded_all)
+    result.clips_per_sec = rate_all
+    result.seconds = seconds
+    shutil.rmtree(store.dir)
+    return result
+
+
+def merge_shards(
+    store: ShardStore,
+    shards: Sequence[Shard],
+    fingerprints: Mapping[int, str],
+    settings: ExtractSettings,
+    *,
+    out_dir: str | os.PathLike,
+    carried_rejects: Sequence[tuple[str, str]] = (),
+    info: Mapping[str, object] | None = None,
+) -> ExtractResult:
+    """Concatenate finished shards in order into the feature set at ``out_dir``."""
+    manifests = []
+    for s in shards:
+        m = store.manifest(s, fingerprints[s.index])
+        if m is None:
+            raise RuntimeError(f"{store.dir}: {s.name} is missing or stale after every rank finished")
+        manifests.append(m)
+    ids = [i for m in manifests for i in m.ids]
+    texts = [t for m in manifests for t in m.texts]
+    new_rejects = [r for m in manifests for r in m.rejects]
+    rejects = [*carried_rejects, *new_rejects]
+    with FeatureSetWriter(
+        out_dir, mode=settings.mode, kind=settings.kind, num_rows=len(ids), storage_dtype=settings.storage_dtype, info=info
+    ) as writer:
+        for s, m in zip(shards, manifests):
+            if m.ids:
+                writer.append(store.tensors(s))
+        writer.commit(ids, texts, rejects)
+    return ExtractResult(
+        rows=sum(s.end - s.start for s in shards),
+        clips=len(ids),
+        rejects=rejects,
+        new_rejects=len(new_rejects),
+        shards=len(shards),
+        shards_resumed=0,
+        clips_encoded=0,
+        clips_per_sec=0.0,
+        seconds=0.0,
+    )
+
+
+# -- what a stage extracts -------------------------------------------------------------------------
+
+
+@dataclass
+class ExtractJob:
+    """One dataset's extraction, resolved from params: rows, decoder, settings, paths."""
+
+    name: str
+    kind: str
+    rows: list[ClipRow]
+    carried_rejects: list[tuple[str, str]]  # from earlier stages and unusable rows
+    dataset: Dataset
+    settings: ExtractSettings
+    out_dir: Path
+    inputs: list[str]  # data the job reads, for tracking
+    info: dict[str, object]  # extra info.json entries
+
+
+def _settings(params: Params, kind: str, device: torch.device, weights: Sequence[str | os.PathLike], extra: Mapping[str, Any]) -> ExtractSettings:
+    e = params.extract
+    spec = AUDIO_SPECS[e.mode]
+    return ExtractSettings(
+        kind=kind,
+        mode=e.mode,
+        storage_dtype=e.storage_dtype,
+        batch_size=e.batch_size,
+        shard_size=e.shard_size,
+        num_workers=e.num_workers,
+        fingerprint_settings={
+            "kind": kind,
+            "mode": e.mode,
+            "sample_rate": spec.sample_rate,
+            "num_samples": spec.num_samples,
+            "duration_sec": DURATION_SEC,
+            "storage_dtype": e.storage_dtype,
+            "batch_size": e.batch_size,  # batch composition can change GPU arithmetic
+            "device_type": device.type,
+            "tf32": e.allow_tf32 and device.type == "cuda",
+            "profile": params.profile,
+            "weights": paths_fingerprint(weights),
+            "code": code_fingerprint(),
+            **extra,
+        },
+    )
+
+
+def audio_job(params: Params, name: str, device: torch.device, weights: Sequence[str | os.PathLike] = ()) -> ExtractJob:
+    """The extraction of audio dataset ``name`` (``weights``: files the encoders read, for the fingerprint)."""
+    if name not in params.audio_datasets:
+        raise ConfigError(f"no audio dataset {name!r} in params.yaml (have {sorted(params.audio_datasets)})")
+    ds = params.audio_datasets[name]
+    listed = audio_rows(ds)
+    spec = AUDIO_SPECS[params.extract.mode]
+    return ExtractJob(
+        name=name,
+        kind="audio",
+        rows=listed.rows,
+        carried_rejects=listed.rejects,
+        dataset=AudioClipDataset(listed.rows, sample_rate=spec.sample_rate, num_samples=spec.num_samples),
+        settings=_settings(params, "audio", device, weights, {"normalize_audio": True}),
+        out_dir=Path(params.extract.out_dir) / name,
+        inputs=[ds.media_dir, ds.captions_tsv, ds.clips_tsv, ds.rejects_tsv],
+        info={"dataset": name, "profile": params.profile, "sample_rate": spec.sample_rate, "num_samples": spec.num_samples},
+    )
+
+
+def video_job(params: Params, name: str, device: torch.device, weights: Sequence[str | os.PathLike] = ()) -> ExtractJob:
+    """The extraction of video dataset ``name``."""
+    if name not in params.video_datasets:
+        raise ConfigError(f"no video dataset {name!r} in params.yaml (have {sorted(params.video_datasets)})")
+    ds = params.video_datasets[name]
+    listed = video_rows(ds)
+    spec = AUDIO_SPECS[params.extract.mode]
+    dataset = VideoClipDataset(
+        listed.rows,
+        sample_rate=spec.sample_rate,
+        num_samples=spec.num_samples,
+        duration_sec=DURATION_SEC,
+        normalize_audio=ds.normalize_audio,
+    )
+    return ExtractJob(
+        name=name,
+        kind="video",
+        rows=listed.rows,
+        carried_rejects=listed.rejects,
+        dataset=dataset,
+        settings=_settings(params, "video", device, weights, {"normalize_audio": ds.normalize_audio}),
+        out_dir=Path(params.extract.out_dir) / name,
+        inputs=[ds.media_dir, ds.index_tsv, ds.rejects_tsv],
+        info={
+            "dataset": name,
+            "split": ds.split,
+            "profile": params.profile,
+            "sample_rate": spec.sample_rate,
+            "num_samples": spec.num_samples,
+            "normalize_audio": ds.normalize_audio,
+        },
+    )
+
+
+def run_job(job: ExtractJob, make_encoders: Callable[[], Encoders], ctx: DistContext, progress: bool = True) -> ExtractResult | None:
+    """Extract ``job`` on this rank; rank 0 returns the merged result, the others None."""
+    return extract_features(
+        job.rows,
+        job.dataset,
+        make_encoders,
+        job.settings,
+        ctx,
+        out_dir=job.out_dir,
+        carried_rejects=job.carried_rejects,
+        info=job.info,
+        progress=progress,
+    )
+
+
+def result_metrics(result: ExtractResult) -> dict[str, float]:
+    """What a stage logs to MLflow about an extraction."""
+    return {
+        "rows": result.rows,
+        "clips": result.clips,
+        "rejects": len(result.rejects),
+        "rejects_extract": result.new_rejects,
+        "rejects_carried": len(result.rejects) - result.new_rejects,
+        "shards": result.shards,
+        "shards_resumed": result.shards_resumed,
+        "clips_encoded": result.clips_encoded,
+        "clips_per_sec": result.clips_per_sec,
+        "extract_seconds": result.seconds,
+    }
+
+
+_REJECTS_LOGGED = 50  # one line each; the rest are counted (rejects.tsv has them all)
+
+
+def log_rejects(logger: logging.Logger, result: ExtractResult) -> None:
+    """Log the first rejects one per line, then counts per kind of reason."""
+    for rid, reason in result.rejects[:_REJECTS_LOGGED]:
+        logger.warning("rejected %s: %s", rid, reason)
+    if len(result.rejects) > _REJECTS_LOGGED:
+        logger.warning("... and %d more rejects (all in rejects.tsv)", len(result.rejects) - _REJECTS_LOGGED)
+    kinds: dict[str, int] = {}
+    for _, reason in result.rejects:
+        kind = re.split(r"[(:'\d]", reason, maxsplit=1)[0].strip()  # the reason without its particulars
+        kinds[kind] = kinds.get(kind, 0) + 1
+    for kind, n in sorted(kinds.items(), key=lambda kv: -kv[1]):
+        logger.info("rejects: %6d  %s", n, kind)
+
+
+# -- encoders ---------------------------------------------------------------------------------------
+
+_COMPONENTS = {"audio": ("audio", "text"), "video": ("audio", "clip", "sync", "text")}
+
+
+def encoder_weight_paths(params: Params, kind: str) -> list[Path]:
+    """The weight files the encoders of ``kind`` read under ``params.profile``, for fingerprints and
+    tracking. Raises MissingWeightsError listing every absent file (with where to get it) up front."""
+    from mmaudio.encoders.profiles import check_weights, weight_paths
+
+    root = find_repo_root()
+    check_weights(params.profile, params.extract.mode, _COMPONENTS[kind], root=root)
+    return weight_paths(params.profile, params.extract.mode, _COMPONENTS[kind], root=root)
+
+
+def encoder_factory(params: Params, kind: str, device: torch.device) -> Callable[[], Encoders]:
+    """A callable that builds the encoders ``kind`` needs (called only when there is work)."""
+
+    def make() -> Encoders:
+        from mmaudio.encoders.facade import FeatureEncoders
+
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = params.extract.allow_tf32
+            torch.backends.cudnn.allow_tf32 = params.extract.allow_tf32
+        return FeatureEncoders(
+            params.profile, params.extract.mode, root=find_repo_root(), device=device, components=_COMPONENTS[kind]
+        )
+
+    return make
