@@ -9,11 +9,13 @@ naming the key. Derived values are properties, never written back.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -30,6 +32,14 @@ class ExamplesConfig:
 
     seed: int = 0
     out_dir: str = "data/examples"
+
+
+@dataclass
+class TinyWeightsConfig:
+    """The tiny weight profile's files (stage `tiny_weights`): seeded random weights, official formats."""
+
+    seed: int = 0
+    out_dir: str = "ext_weights/tiny"  # where the `tiny` profile reads them (mmaudio.encoders.profiles)
 
 
 @dataclass
@@ -71,11 +81,74 @@ class IndexConfig:
 
 
 @dataclass
+class ExtractConfig:
+    """Feature extraction (stages `extract_audio@<dataset>`, `extract_video@<dataset>`)."""
+
+    mode: str = "16k"  # 16k | 44k: audio rate, clip length in samples and latent shape
+    storage_dtype: str = "float32"  # float32 (upstream's format) | bfloat16 (half the disk)
+    batch_size: int = 8  # clips per encoder call, per process
+    num_workers: int = 2  # decoding processes per extraction process; 0 decodes in the process itself
+    shard_size: int = 256  # rows per resumable unit of work (a finished shard survives a kill)
+    device: str = "auto"  # auto (GPU if any) | cpu | cuda
+    allow_tf32: bool = True  # TF32 matmuls/convolutions on GPU, as upstream's extraction scripts
+    nproc_per_node: int = 1  # processes torchrun starts on this machine (one per GPU)
+    out_dir: str = "data/features"  # dataset <name> goes to <out_dir>/<name>
+
+
+@dataclass
+class EmaConfig:
+    """Post-hoc EMA (Karras et al. 2024): power-function averages tracked during training, combined
+    afterwards into the average of any width. Upstream: nitrous-ema's PostHocEMA."""
+
+    sigma_rels: list[float] = field(default_factory=lambda: [0.05, 0.1])  # tracked widths (>= 2 distinct)
+    snapshot_every: int = 5000  # optimizer steps between snapshots of every average (also one at the end)
+    output_sigma_rel: float = 0.05  # width of the exported weights, synthesised from the snapshots
+
+
+@dataclass
+class TrainConfig:
+    """The flow network's training (stage `train`); defaults are upstream's recipe for small_16k."""
+
+    network: str = "small_16k"  # preset in mmaudio.model.network.NETWORK_PRESETS; its mode must match the data
+    datasets: dict[str, int] = field(default_factory=dict)  # feature set name -> repeat factor per epoch
+    val_dataset: str | None = None  # feature set for the validation loss; null: no validation
+    latent_stats_dataset: str | None = None  # latent mean/std source; null: the first video set in datasets
+    device: str = "auto"  # auto (GPU if any) | cpu | cuda
+    global_batch_size: int = 512  # summed over all processes; must be divisible by the world size
+    learning_rate: float = 1.0e-4
+    weight_decay: float = 1.0e-6
+    warmup_steps: int = 1000  # linear warm-up: lr * (i + 1) / (warmup_steps + 1) at step i
+    schedule: str = "step"  # after warm-up: step | constant | cosine
+    milestones: list[int] = field(default_factory=lambda: [240_000, 270_000])  # step schedule, counted after warm-up
+    gamma: float = 0.1  # step schedule: lr factor at each milestone
+    num_iterations: int = 300_000  # optimizer steps
+    grad_clip: float = 1.0  # max global L2 norm of the gradients
+    null_condition_probability: float = 0.1  # CFG dropout: video (clip+sync together) and text independently
+    logit_normal_mean: float = 0.0  # flow time t = sigmoid(N(mean, scale^2))
+    logit_normal_scale: float = 1.0
+    ema: EmaConfig = field(default_factory=EmaConfig)
+    checkpoint_every: int = 10_000  # optimizer steps between checkpoints (also one at the end)
+    keep_last: int = 2  # checkpoints kept; older ones are deleted after a newer one is written
+    val_interval: int = 5000  # optimizer steps between validation losses (also one at the end)
+    log_interval: int = 200  # optimizer steps per logged metrics row (means over the window)
+    num_audio_samples: int = 2  # val rows sampled, decoded and logged to MLflow at every validation (0: none)
+    seed: int = 14159265
+    compile: bool = True  # torch.compile the loss computation
+    amp: bool = True  # bf16 autocast on GPU (no effect on CPU); also picks AdamW eps 1e-6 (else 1e-8)
+    nproc_per_node: int = 1  # processes torchrun starts on this machine (one per GPU)
+    prefetch: int = 2  # batches read ahead by a background thread (0: read in the loop)
+    weights: str | None = None  # fine-tune from a network weight file (e.g. mmaudio_small_16k.pth)
+    empty_string: str | None = None  # empty-string text features; null: the profile's empty_string.pth
+    out_dir: str = "models/train"  # checkpoints/, weights.pth, metrics.json, loss.tsv, mlflow_run_id.txt
+
+
+@dataclass
 class TrackingConfig:
     """MLflow. `uri: null` means a SQLite file at the repo root (or $MLFLOW_TRACKING_URI if set)."""
 
     uri: str | None = None
     experiment: str = "mmaudio"
+    enabled: bool = True  # false: stages log nothing (benchmarks, machines without mlflow installed)
 
 
 @dataclass
@@ -84,10 +157,13 @@ class Params:
 
     profile: str = "tiny"  # weight profile: tiny (generated, default) | official (ext_weights/)
     examples: ExamplesConfig = field(default_factory=ExamplesConfig)
+    tiny_weights: TinyWeightsConfig = field(default_factory=TinyWeightsConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     audio_datasets: dict[str, AudioDatasetConfig] = field(default_factory=dict)
     video_datasets: dict[str, VideoDatasetConfig] = field(default_factory=dict)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
@@ -123,7 +199,19 @@ def load_params(overrides: Sequence[str] = (), root: str | os.PathLike | None = 
         raise ConfigError(f"{path}: {_first_line(e)}") from e
     except OmegaConfBaseException as e:
         raise ConfigError(f"{path}: {_describe(e)}") from e
+    except yaml.YAMLError as e:  # also a python/object tag: the safe loader refuses to build it
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_reason(e)}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not valid UTF-8 (byte offset {e.start})") from e
+    except RecursionError as e:  # an alias that contains itself (a: &a [*a])
+        raise ConfigError(f"{path}: a YAML alias refers to itself") from e
     return validate(raw, source=str(path))
+
+
+def _yaml_reason(e: yaml.YAMLError) -> str:
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or _first_line(e)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
 
 
 def validate(raw: DictConfig | dict[str, Any], source: str = PARAMS_FILE) -> Params:
@@ -139,6 +227,11 @@ def validate(raw: DictConfig | dict[str, Any], source: str = PARAMS_FILE) -> Par
 
 
 def _check_values(p: Params, source: str) -> None:
+    # nan passes every `x <= 0` test and inf overflows later arithmetic: refuse both, by key.
+    for key, value in to_flat_dict(p).items():
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{source}: key '{key}' must be a finite number, got {v}")
     if p.profile not in PROFILES:
         raise ConfigError(f"{source}: key 'profile' must be one of {PROFILES}, got {p.profile!r}")
     if p.index.min_duration_sec <= 0:
@@ -150,11 +243,66 @@ def _check_values(p: Params, source: str) -> None:
         raise ConfigError(f"{source}: key 'partition.max_segments' must be >= 1, got {p.partition.max_segments}")
     if p.partition.segment_sec <= 0:
         raise ConfigError(f"{source}: key 'partition.segment_sec' must be > 0, got {p.partition.segment_sec}")
+    _check_extract(p.extract, source)
+    _check_train(p, source)
     if p.partition.min_duration_sec < p.partition.segment_sec:
         raise ConfigError(
             f"{source}: key 'partition.min_duration_sec' ({p.partition.min_duration_sec}) must be >= "
             f"'partition.segment_sec' ({p.partition.segment_sec})"
         )
+
+
+EXTRACT_CHOICES = {"mode": ("16k", "44k"), "storage_dtype": ("float32", "bfloat16"), "device": ("auto", "cpu", "cuda")}
+
+
+def _check_extract(e: ExtractConfig, source: str) -> None:
+    for key, choices in EXTRACT_CHOICES.items():
+        if getattr(e, key) not in choices:
+            raise ConfigError(f"{source}: key 'extract.{key}' must be one of {choices}, got {getattr(e, key)!r}")
+    for key, low in (("batch_size", 1), ("shard_size", 1), ("num_workers", 0), ("nproc_per_node", 1)):
+        if getattr(e, key) < low:
+            raise ConfigError(f"{source}: key 'extract.{key}' must be >= {low}, got {getattr(e, key)}")
+
+
+TRAIN_CHOICES = {"schedule": ("step", "constant", "cosine"), "device": ("auto", "cpu", "cuda")}
+
+
+def _check_train(p: Params, source: str) -> None:
+    t = p.train
+    for key, choices in TRAIN_CHOICES.items():
+        if getattr(t, key) not in choices:
+            raise ConfigError(f"{source}: key 'train.{key}' must be one of {choices}, got {getattr(t, key)!r}")
+    lows = (
+        ("global_batch_size", 1), ("num_iterations", 1), ("warmup_steps", 0), ("checkpoint_every", 1),
+        ("keep_last", 1), ("val_interval", 1), ("log_interval", 1), ("nproc_per_node", 1), ("prefetch", 0),
+        ("num_audio_samples", 0),
+    )
+    for key, low in lows:
+        if getattr(t, key) < low:
+            raise ConfigError(f"{source}: key 'train.{key}' must be >= {low}, got {getattr(t, key)}")
+    if t.global_batch_size % t.nproc_per_node:
+        raise ConfigError(
+            f"{source}: key 'train.global_batch_size' ({t.global_batch_size}) must be divisible by "
+            f"'train.nproc_per_node' ({t.nproc_per_node})"
+        )
+    if not 0.0 <= t.null_condition_probability <= 1.0:
+        raise ConfigError(f"{source}: key 'train.null_condition_probability' must be in [0, 1], got {t.null_condition_probability}")
+    if t.learning_rate <= 0 or t.grad_clip <= 0 or t.logit_normal_scale <= 0:
+        raise ConfigError(f"{source}: keys 'train.learning_rate', 'train.grad_clip', 'train.logit_normal_scale' must be > 0")
+    if sorted(t.milestones) != list(t.milestones) or any(m < 1 for m in t.milestones):
+        raise ConfigError(f"{source}: key 'train.milestones' must be increasing positive steps, got {list(t.milestones)}")
+    for name, repeat in t.datasets.items():
+        if repeat < 1:
+            raise ConfigError(f"{source}: key 'train.datasets.{name}' (repeat factor) must be >= 1, got {repeat}")
+    if t.latent_stats_dataset is not None and t.latent_stats_dataset not in t.datasets:
+        raise ConfigError(f"{source}: key 'train.latent_stats_dataset' ({t.latent_stats_dataset!r}) is not in train.datasets")
+    sig = list(t.ema.sigma_rels)
+    if len(sig) < 2 or len(set(sig)) != len(sig) or any(not 0 < s < 0.3 for s in sig):
+        raise ConfigError(f"{source}: key 'train.ema.sigma_rels' needs >= 2 distinct values in (0, 0.3), got {sig}")
+    if not 0 < t.ema.output_sigma_rel < 0.3:
+        raise ConfigError(f"{source}: key 'train.ema.output_sigma_rel' must be in (0, 0.3), got {t.ema.output_sigma_rel}")
+    if t.ema.snapshot_every < 1:
+        raise ConfigError(f"{source}: key 'train.ema.snapshot_every' must be >= 1, got {t.ema.snapshot_every}")
 
 
 def _describe(e: OmegaConfBaseException) -> str:

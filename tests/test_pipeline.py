@@ -1,45 +1,60 @@
-"""The real DVC pipeline in a temporary copy of the repo: repro, no-op repro, exp run -S."""
+"""The real DVC pipeline in a temporary copy of the repo: repro, no-op repro, exp run -S.
+
+The fast test covers the data stages (examples, partition, index); the slow one runs the whole chain
+through training and evaluation (`pytest -m slow`).
+"""
 
 from __future__ import annotations
 
+import json
+
 import mlflow
+import pytest
 import yaml
 
 from mmaudio.hashing import dvc_hash
 from tests.conftest import run
+
+DATA_STAGES = ["make_examples", "partition", "index_videos"]
 
 
 def _lock(repo) -> dict:
     return yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
 
 
+def _commit(repo, message: str) -> None:
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message], repo)
+
+
+def _runs(repo, stage: str):
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    return client.search_runs(
+        [client.get_experiment_by_name("mmaudio").experiment_id],
+        filter_string=f"tags.`mmaudio.stage` = '{stage}'",
+        order_by=["attributes.start_time DESC"],
+    )
+
+
 def test_repro_is_tracked_idempotent_and_exp_run_reruns_only_dependents(repo_copy):
-    first = run(["dvc", "repro"], repo_copy)
+    first = run(["dvc", "repro", *DATA_STAGES], repo_copy)
     for stage in ["make_examples", "partition@examples_audio", "index_videos@examples_train"]:
         assert f"Running stage '{stage}'" in first.stdout
     clips = (repo_copy / "data/clips/examples_audio.tsv").read_text().splitlines()
     assert clips[0] == "id\tname\tstart_sample\tend_sample" and len(clips) == 1 + 10
     assert (repo_copy / "data/clips/examples_audio_rejects.tsv").read_text().splitlines()[1].startswith("thuds_001\tshorter than 8.1 s")
 
-    second = run(["dvc", "repro"], repo_copy)
+    second = run(["dvc", "repro", *DATA_STAGES], repo_copy)
     assert "Running stage" not in second.stdout and "up to date" in second.stdout
 
-    run(["git", "add", "-A"], repo_copy)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "pipeline ran"], repo_copy)
-    exp = run(["dvc", "exp", "run", "-S", "partition.max_segments=3", "-n", "three-segments"], repo_copy)
+    _commit(repo_copy, "pipeline ran")
+    exp = run(["dvc", "exp", "run", "-S", "partition.max_segments=3", "-n", "three-segments", *DATA_STAGES], repo_copy)
     assert "Running stage 'partition@examples_audio'" in exp.stdout
     assert "Running stage 'make_examples'" not in exp.stdout
     assert "Running stage 'index_videos" not in exp.stdout
     assert len((repo_copy / "data/clips/examples_audio.tsv").read_text().splitlines()) == 1 + 8  # clips per file: 1, 1, 3 (50 s, capped), 3 (30 s)
 
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo_copy / 'mlflow.db'}")
-    runs = client.search_runs(
-        [client.get_experiment_by_name("mmaudio").experiment_id],
-        filter_string="tags.`mmaudio.stage` = 'partition@examples_audio'",
-        order_by=["attributes.start_time DESC"],
-    )
-    assert len(runs) == 2
-    latest, earlier = runs
+    latest, earlier = _runs(repo_copy, "partition@examples_audio")
     assert latest.data.params["partition.max_segments"] == "3" and earlier.data.params["partition.max_segments"] == "5"
     assert latest.data.tags["dvc.exp_name"] == "three-segments" and earlier.data.tags["dvc.exp_name"] == ""
     assert latest.data.metrics["clips"] == 8.0 and latest.data.metrics["rejects"] == 1.0
@@ -49,3 +64,21 @@ def test_repro_is_tracked_idempotent_and_exp_run_reruns_only_dependents(repo_cop
     out = next(o for o in lock["outs"] if o["path"] == "data/clips/examples_audio.tsv")
     assert latest.data.params["data.in.data/examples/audio"] == dep["md5"]
     assert latest.data.params["data.out.data/clips/examples_audio.tsv"] == out["md5"] == dvc_hash(repo_copy / out["path"])
+
+
+@pytest.mark.slow
+def test_whole_chain_on_the_tiny_profile(repo_copy):
+    """`dvc repro` end to end, a no-op second run, and `dvc exp run -S train.learning_rate=...`."""
+    run(["dvc", "repro"], repo_copy)
+    assert "up to date" in run(["dvc", "repro"], repo_copy).stdout
+    metrics = json.loads((repo_copy / "models/train/metrics.json").read_text())
+    assert metrics["step"] > 0 and metrics["loss"] < 6.0
+
+    _commit(repo_copy, "pipeline ran")
+    exp = run(["dvc", "exp", "run", "-S", "train.learning_rate=2e-3", "-n", "faster"], repo_copy)
+    assert "Running stage 'train'" in exp.stdout and "Running stage 'extract_video" not in exp.stdout
+    latest, earlier = _runs(repo_copy, "train")[:2]
+    assert float(latest.data.params["train.learning_rate"]) == 2e-3
+    assert float(earlier.data.params["train.learning_rate"]) == 1e-3
+    assert latest.data.tags["dvc.exp_name"] == "faster"
+    assert "loss" in latest.data.metrics

@@ -1,0 +1,239 @@
+"""train() end to end on CPU: the loss falls, the MLflow run holds what it should, a stopped run
+resumes to exactly the uninterrupted result, and bad batch sizes are refused naming the key."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+import yaml
+
+from mmaudio.config import ConfigError, validate
+from mmaudio.distributed import DistContext
+from mmaudio.features import FeatureSet
+from mmaudio.hashing import dvc_hash
+from mmaudio.model.network import build_network, load_network_weights
+from mmaudio.training.checkpoint import list_checkpoints, load_latest_checkpoint
+from mmaudio.training.ema import list_snapshots
+from mmaudio.training.loader import latent_stats
+from mmaudio.training.train import per_rank_batch_size, train
+from tests.training.conftest import REPO, train_params, train_raw
+from tests.training.presets import MICRO
+
+
+@pytest.fixture(scope="module")
+def long_run(feature_root, tmp_path_factory):
+    """150 steps of the micro network in a git workspace with MLflow's default store."""
+    ws = tmp_path_factory.mktemp("ws")
+    shutil.copy(REPO / "params.yaml", ws / "params.yaml")
+    subprocess.run(["git", "init", "-q"], cwd=ws, check=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(ws)
+        for var in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME"):
+            mp.delenv(var, raising=False)
+        from mmaudio.model.network import NETWORK_PRESETS
+
+        mp.setitem(NETWORK_PRESETS, MICRO.name, MICRO)
+        params = train_params(feature_root, ws / "models" / "train", num_iterations=150, log_interval=10,
+                              val_interval=50, checkpoint_every=100, num_audio_samples=1,
+                              ema={"sigma_rels": [0.05, 0.1], "snapshot_every": 50, "output_sigma_rel": 0.05})
+        result = train(params)
+    yield ws, params, result
+    mlflow.set_tracking_uri(None)
+
+
+def test_loss_falls_clearly(long_run):
+    _, _, r = long_run
+    losses = [row[1] for row in r.history if not math.isnan(row[1])]
+    vals = [row[2] for row in r.history if not math.isnan(row[2])]
+    assert len(losses) == 15 and len(vals) == 3 and r.step == 150
+    assert 1.6 < losses[0] < 2.2  # ~2 = E|x1 - x0|^2 for unit-variance data and an untrained (zero) output
+    assert sum(losses[-3:]) / 3 < 0.65 * losses[0], losses
+    assert vals[-1] < 0.85 * vals[0] and r.val_loss == vals[-1]
+
+
+def test_outputs_and_exported_weights(long_run, feature_root):
+    ws, params, r = long_run
+    out = ws / "models" / "train"
+    assert r.weights == out / "weights.pth"
+    net = build_network(MICRO)
+    load_network_weights(net, r.weights)  # strict: the official layout
+    mean, std = latent_stats(FeatureSet.open(feature_root / "syn_video"))  # the first video set
+    assert torch.equal(net.latent_mean.flatten(), mean) and torch.equal(net.latent_std.flatten(), std)
+    assert not net.empty_string_feat.any()  # tiny profile without ext_weights/tiny/empty_string.pth
+    # EMA weights: near the final weights but not equal to them
+    final = load_latest_checkpoint(r.checkpoint_dir)[0]["model"]
+    w = "final_layer.conv.weight"
+    assert not torch.equal(net.state_dict()[w], final[w])
+    assert (net.state_dict()[w] - final[w]).abs().max() < 0.2 * final[w].abs().max()
+    assert [s for s, _ in list_checkpoints(r.checkpoint_dir)] == [100, 150]
+    assert [s for s, _ in list_snapshots(r.checkpoint_dir / "ema")] == [50, 100, 150]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics == {"loss": round(r.loss, 6), "val_loss": round(r.val_loss, 6), "step": 150}
+    lines = (out / "loss.tsv").read_text().splitlines()
+    assert lines[0] == "step\tloss\tval_loss" and len(lines) == 16
+    assert lines[1].startswith("10\t") and lines[1].endswith("\t") and lines[5].count("\t") == 2
+    assert float(lines[5].split("\t")[2]) == pytest.approx(r.history[4][2], rel=1e-5)  # step 50 has both
+    assert (out / "mlflow_run_id.txt").read_text().strip() == r.run_id
+
+
+def test_mlflow_run_holds_config_hashes_tags_and_metrics(long_run, feature_root):
+    ws, params, r = long_run
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{ws / 'mlflow.db'}")
+    run = client.get_run(r.run_id)
+    p, tags, m = run.data.params, run.data.tags, run.data.metrics
+    assert p["train.learning_rate"] == "0.002" and p["train.network"] == "micro_16k"
+    assert p["train.global_batch_size"] == "8" and p["train.ema.sigma_rels"] == "[0.05, 0.1]"
+    assert p["train.world_size"] == "1" and p["train.steps_per_epoch"] == "7" and int(p["train.num_parameters"]) > 0
+    for name in ("syn_video", "syn_audio", "syn_val"):
+        assert p[f"data.in.{feature_root / name}"] == dvc_hash(feature_root / name)
+    weights_key = "data.out.models/train/weights.pth"
+    assert p[weights_key] == dvc_hash(ws / "models" / "train" / "weights.pth")
+    assert tags["mmaudio.stage"] == "train" and tags["mmaudio.profile"] == "tiny"
+    assert tags["train.init"] == "random" and tags["train.empty_string"] == "zeros"
+    assert tags["train.latent_stats_dataset"] == "syn_video" and "git.commit" in tags
+    assert tags["train.audio_samples"].startswith("skipped: weight profile 'tiny'")  # no ext_weights/tiny here
+    history = client.get_metric_history(r.run_id, "loss")
+    assert [h.step for h in history] == list(range(10, 151, 10))
+    assert history[-1].value == pytest.approx(r.loss)
+    assert [h.step for h in client.get_metric_history(r.run_id, "val_loss")] == [50, 100, 150]
+    assert {"lr", "grad_norm", "samples_per_sec", "ema_synthesis_error"} <= set(m)
+    assert m["lr"] == pytest.approx(2e-3) and run.info.status == "FINISHED"
+    inputs = {d.dataset.name: d.dataset.digest for d in run.inputs.dataset_inputs}
+    assert inputs[str(feature_root / "syn_video")] == dvc_hash(feature_root / "syn_video")
+
+
+def test_fine_tuning_starts_from_a_weight_file(long_run, workspace, feature_root):
+    _, _, trained = long_run
+    params = train_params(feature_root, workspace / "ft", num_iterations=3, log_interval=1, val_interval=100,
+                          weights=str(trained.weights))
+    r = train(params)
+    fresh_first_loss = trained.history[0][1]  # mean of the first 10 steps from scratch, ~1.9
+    assert r.history[0][1] < 0.75 * fresh_first_loss
+    net = build_network(MICRO)
+    load_network_weights(net, r.weights)
+    start = torch.load(trained.weights, weights_only=True)
+    assert torch.equal(net.latent_mean, start["latent_mean"])  # the file's statistics, as upstream
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}")
+    tags = client.get_run(r.run_id).data.tags
+    assert tags["train.init"] == f"weights {trained.weights}"
+    assert client.get_run(r.run_id).data.params[f"data.in.{trained.weights}"] == dvc_hash(trained.weights)
+
+
+def test_stopped_run_resumes_to_exactly_the_uninterrupted_result(workspace, feature_root):
+    kw = dict(num_iterations=12, checkpoint_every=4, log_interval=3, val_interval=6, keep_last=3,
+              ema={"sigma_rels": [0.05, 0.1], "snapshot_every": 2, "output_sigma_rel": 0.05})
+    whole = train(train_params(feature_root, workspace / "a", **kw))
+    assert whole.resumed_from is None
+
+    halted = train(train_params(feature_root, workspace / "b", **kw), halt_after_step=7)  # "killed" after step 7
+    assert halted.halted and halted.weights is None and halted.step == 7
+    assert halted.checkpoint_dir.name == whole.checkpoint_dir.name  # out_dir is not part of the run key
+    assert [s for s, _ in list_snapshots(halted.checkpoint_dir / "ema")][-1] == 6
+    resumed = train(train_params(feature_root, workspace / "b", **kw))
+    assert resumed.resumed_from == 4
+    assert repr(resumed.history) == repr(whole.history)  # bit-equal floats, nan where not measured
+    a = torch.load(whole.weights, weights_only=True)
+    b = torch.load(resumed.weights, weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ca, cb = (load_latest_checkpoint(r.checkpoint_dir)[0] for r in (whole, resumed))
+    assert all(torch.equal(ca["model"][k], cb["model"][k]) for k in ca["model"])
+    assert torch.equal(ca["optimizer"]["state"][0]["exp_avg_sq"], cb["optimizer"]["state"][0]["exp_avg_sq"])
+    assert ca["loader"] == cb["loader"] and ca["loader"]["epoch"] == 1
+
+    # a finished run started again does no more steps; a changed param starts a fresh run elsewhere
+    again = train(train_params(feature_root, workspace / "b", **kw))
+    assert again.resumed_from == 12 and again.step == 12
+    changed = train(train_params(feature_root, workspace / "b", **{**kw, "learning_rate": 1e-3}))
+    assert changed.resumed_from is None and changed.checkpoint_dir != resumed.checkpoint_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    from mmaudio.encoders.tiny import write_tiny_weights
+
+    out = tmp_path_factory.mktemp("weights") / "tiny"
+    write_tiny_weights(out, seed=0)
+    return out
+
+
+def test_audio_samples_and_the_profile_empty_string(workspace, feature_root, tiny_weights):
+    from mmaudio.encoders.clip import load_empty_string
+
+    shutil.copytree(tiny_weights, workspace / "ext_weights" / "tiny")
+    r = train(train_params(feature_root, workspace / "e", num_iterations=2, val_interval=2, num_audio_samples=2))
+    net = build_network(MICRO)
+    load_network_weights(net, r.weights)
+    assert torch.equal(net.empty_string_feat, load_empty_string(tiny_weights / "empty_string.pth"))
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}")
+    run = client.get_run(r.run_id)
+    assert run.data.tags["train.empty_string"] == "ext_weights/tiny/empty_string.pth"
+    assert run.data.tags["train.audio_samples"] == "2 rows of syn_val"
+    names = sorted(a.path for a in client.list_artifacts(r.run_id, "samples/step_0000002"))
+    assert len(names) == 8 and "samples/step_0000002/video3_000_sample.wav" in names
+    wav = Path(client.download_artifacts(r.run_id, "samples/step_0000002/video3_000_sample.wav", str(workspace)))
+    import wave
+
+    with wave.open(str(wav)) as f:
+        assert f.getframerate() == 16000 and f.getnframes() == 128000  # 8 s decoded from 250 latent frames
+
+
+def test_damaged_latest_checkpoint_is_skipped(workspace, feature_root):
+    params = train_params(feature_root, workspace / "c", num_iterations=8, checkpoint_every=4, val_interval=100)
+    first = train(params, halt_after_step=5)
+    # a later checkpoint that is garbage (as after a disk fault): the run resumes from step 4
+    (first.checkpoint_dir / "ckpt-000000005.pt").write_bytes(b"not a checkpoint")
+    resumed = train(params)
+    assert resumed.resumed_from == 4 and resumed.step == 8
+
+
+def test_global_batch_must_divide_over_processes(workspace, feature_root):
+    with pytest.raises(ConfigError, match=r"train.global_batch_size' \(10\) must be divisible by the number of processes \(4\)"):
+        per_rank_batch_size(10, 4)
+    params = train_params(feature_root, workspace / "d")
+    with pytest.raises(ConfigError, match="train.global_batch_size"):
+        train(params, DistContext(rank=0, world_size=3, local_rank=0, device=torch.device("cpu")))
+    with pytest.raises(ConfigError, match=r"'train.global_batch_size' \(8\) must be divisible by 'train.nproc_per_node' \(3\)"):
+        validate(train_raw(feature_root, workspace / "d", nproc_per_node=3))
+
+
+def test_config_errors_name_the_key(feature_root, tmp_path):
+    for bad, key in (({"schedule": "poly"}, "train.schedule"), ({"milestones": [5, 2]}, "train.milestones"),
+                     ({"datasets": {"syn_video": 0}}, "train.datasets.syn_video"),
+                     ({"ema": {"sigma_rels": [0.05]}}, "train.ema.sigma_rels"), ({"learning_rat": 1.0}, "learning_rat")):
+        with pytest.raises(ConfigError, match=key):
+            validate(train_raw(feature_root, tmp_path, **bad))
+
+
+def test_dvc_stage_reads_the_sets_params_name():
+    """dvc.yaml cannot loop over train.datasets, so its train deps are listed by hand: they must
+    cover every feature set the default params train and validate on."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]
+    deps = {d.replace("${extract.out_dir}", params["extract"]["out_dir"]) for d in stage["deps"]}
+    names = [*params["train"]["datasets"], params["train"]["val_dataset"]]
+    assert {f"{params['extract']['out_dir']}/{n}" for n in names} <= deps
+    assert "train" in stage["params"] and stage["cmd"].startswith("torchrun --standalone")
+    ckpt = next(o for o in stage["outs"] if isinstance(o, dict) and "${train.out_dir}/checkpoints" in o)
+    assert ckpt["${train.out_dir}/checkpoints"]["persist"] is True
+
+
+def test_run_key_covers_what_changes_the_numbers(feature_root, tmp_path):
+    from mmaudio.training.train import run_key
+
+    hashes = {"a": "1.dir", "b": "2.dir"}
+
+    def key(**train):
+        return run_key(train_params(feature_root, tmp_path, **train).train, hashes)
+
+    base = key()
+    assert key(checkpoint_every=7, keep_last=5, log_interval=3, nproc_per_node=2, compile=True, device="auto") == base
+    assert key(learning_rate=1e-4) != base and key(seed=1) != base
+    assert key(datasets={"syn_audio": 1, "syn_video": 2}) != base  # the order lays out the epoch
+    assert run_key(train_params(feature_root, tmp_path).train, {**hashes, "b": "3.dir"}) != base
