@@ -7,10 +7,17 @@ names the file and the reason, so callers can put it in a rejects manifest verba
 Frame-rate conversion: output frame k of a stream at ``fps`` shows the input frame on screen at time
 k / fps, i.e. the last decoded frame whose timestamp (relative to the first frame) is <= k / fps.
 This is what ffmpeg's ``fps`` filter (upstream's decoder) does for constant-rate input.
+
+Limits against hostile headers (each refusal is a :class:`MediaLimitError`, i.e. a rejects entry):
+a frame larger than ``MAX_FRAME_PIXELS`` is refused before it is converted (ffmpeg itself decodes
+up to 16384x16384, gigabytes once resized in float32), and an audio rate outside
+``MIN_AUDIO_RATE..MAX_AUDIO_RATE``, or one whose sinc resampling kernel to a model rate would exceed
+``MAX_RESAMPLE_KERNEL`` entries (44101 Hz to 16 kHz needs 7e8), is refused before resampling.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -30,6 +37,12 @@ RESAMPLE_ROLLOFF = 0.9475937167399596
 RESAMPLE_BETA = 14.769656459379492
 
 _TIME_EPS = 1e-6  # seconds; absorbs rounding of pts * time_base
+
+MAX_FRAME_PIXELS = 8192 * 4320  # DCI 8K; one such RGB frame is 106 MB, and the resize works in float32
+MIN_AUDIO_RATE = 4000  # Hz; lower claims are broken headers (telephony, the lowest real rate, is 8 kHz)
+MAX_AUDIO_RATE = 768_000  # Hz; the highest rate studio formats use
+MODEL_AUDIO_RATES = (16000, 44100)  # what the 16k and 44k modes resample every file to
+MAX_RESAMPLE_KERNEL = 2**25  # kernel entries (built in float64: ~1.3 GB of temporaries at the limit)
 
 
 class MediaError(RuntimeError):
@@ -59,6 +72,10 @@ class NoVideoStreamError(MediaError):
 
 class MediaTooShortError(MediaError):
     pass
+
+
+class MediaLimitError(MediaError):
+    """A header asks for more than the decoder allows (frame size, sample rate); see the module doc."""
 
 
 @dataclass(frozen=True)
@@ -114,7 +131,43 @@ def resample(wave: torch.Tensor, orig_rate: int, target_rate: int) -> torch.Tens
     """Kaiser-windowed sinc resampling over the last dim, as upstream (torchaudio kaiser_best)."""
     if orig_rate == target_rate:
         return wave
+    entries = resample_kernel_entries(int(orig_rate), int(target_rate))
+    if entries > MAX_RESAMPLE_KERNEL:
+        raise ValueError(
+            f"resampling {orig_rate} Hz to {target_rate} Hz needs a kernel of {entries} entries "
+            f"(limit {MAX_RESAMPLE_KERNEL}); check_audio_rate refuses such files"
+        )
     return _resampler(int(orig_rate), int(target_rate))(wave)
+
+
+def resample_kernel_entries(orig_rate: int, target_rate: int) -> int:
+    """Size of torchaudio's sinc kernel for this pair: (target/g) * (orig/g + 2 * width), g = gcd."""
+    g = math.gcd(orig_rate, target_rate)
+    orig, new = orig_rate // g, target_rate // g
+    width = math.ceil(RESAMPLE_LOWPASS_FILTER_WIDTH * orig / (min(orig, new) * RESAMPLE_ROLLOFF))
+    return new * (orig + 2 * width)
+
+
+def check_audio_rate(path: str | os.PathLike, rate: int, targets: Sequence[int] = MODEL_AUDIO_RATES) -> None:
+    """Raise :class:`MediaLimitError` unless ``rate`` is plausible and cheap to resample to ``targets``."""
+    if not MIN_AUDIO_RATE <= rate <= MAX_AUDIO_RATE:
+        raise MediaLimitError(path, f"sample rate {rate} Hz is outside {MIN_AUDIO_RATE}..{MAX_AUDIO_RATE} Hz")
+    for target in sorted(set(targets)):
+        entries = resample_kernel_entries(rate, target) if target != rate else 0
+        if entries > MAX_RESAMPLE_KERNEL:
+            raise MediaLimitError(
+                path,
+                f"sample rate {rate} Hz needs a {entries}-entry kernel to resample to {target} Hz "
+                f"(limit {MAX_RESAMPLE_KERNEL})",
+            )
+
+
+def check_frame_size(path: str | os.PathLike, width: int, height: int) -> None:
+    """Raise :class:`MediaLimitError` if a ``width`` x ``height`` frame exceeds ``MAX_FRAME_PIXELS``."""
+    if width * height > MAX_FRAME_PIXELS:
+        raise MediaLimitError(
+            path, f"frame size {width}x{height} ({width * height} pixels) exceeds the limit of {MAX_FRAME_PIXELS} pixels"
+        )
 
 
 @lru_cache(maxsize=16)
@@ -149,7 +202,11 @@ def _ffmpeg_reason(e: Exception) -> str:
 
 
 class _AudioCollector:
-    """Accumulates decoded audio frames as float32 planar (C, n) chunks at the native rate."""
+    """Accumulates decoded audio frames as float32 (C, n) chunks at the native rate.
+
+    The resampler writes packed (interleaved) float: PyAV 18 reads past the end of a planar frame's
+    plane pointers when it has 8 or more channels (a segfault on a 7.1 or 8-channel WAV).
+    """
 
     def __init__(self, stream: av.audio.stream.AudioStream):
         self.sample_rate = int(stream.codec_context.sample_rate or stream.rate or 0)
@@ -158,19 +215,24 @@ class _AudioCollector:
 
     def add(self, frame: av.AudioFrame) -> None:
         if self._resampler is None:
-            # Same rate and layout; only the sample format changes to planar float.
+            # Same rate and layout; only the sample format changes to packed float.
             self.sample_rate = frame.sample_rate
-            self._resampler = av.AudioResampler(format="fltp", layout=frame.layout, rate=frame.sample_rate)
+            self._resampler = av.AudioResampler(format="flt", layout=frame.layout, rate=frame.sample_rate)
         for out in self._resampler.resample(frame):
-            self.chunks.append(out.to_ndarray())
+            self.chunks.append(_deinterleave(out))
 
     def finish(self) -> np.ndarray:
         if self._resampler is not None:
             for out in self._resampler.resample(None):
-                self.chunks.append(out.to_ndarray())
+                self.chunks.append(_deinterleave(out))
         if not self.chunks:
             return np.zeros((1, 0), dtype=np.float32)
         return np.concatenate(self.chunks, axis=1).astype(np.float32, copy=False)
+
+
+def _deinterleave(frame: av.AudioFrame) -> np.ndarray:
+    """A packed float frame -> (C, n)."""
+    return frame.to_ndarray().reshape(frame.samples, frame.layout.nb_channels).T
 
 
 def decode_audio(path: str | os.PathLike) -> AudioTrack:
@@ -189,8 +251,7 @@ def decode_audio(path: str | os.PathLike) -> AudioTrack:
         samples = collector.finish()
     if samples.shape[1] == 0:
         raise MediaUnreadableError(path, "audio stream decodes to no samples")
-    if collector.sample_rate <= 0:
-        raise MediaUnreadableError(path, "audio stream has no valid sample rate")
+    check_audio_rate(path, collector.sample_rate)
     if not np.isfinite(samples).all():
         raise MediaUnreadableError(path, "audio contains NaN or infinite samples")
     return AudioTrack(torch.from_numpy(samples), collector.sample_rate)
@@ -210,6 +271,7 @@ def load_audio(
     ``num_samples`` the result is exactly that long or :class:`MediaTooShortError` is raised.
     """
     track = decode_audio(path)
+    check_audio_rate(path, track.sample_rate, (sample_rate,))
     wave = track.mono()[start_sample:end_sample]
     wave = resample(wave, track.sample_rate, sample_rate)
     if num_samples is not None:
@@ -249,7 +311,10 @@ class _FrameSampler:
     def __init__(self, spec: FrameSpec, num_frames: int):
         self.spec = spec
         self.num_frames = num_frames
-        self.picked: list[np.ndarray] = []
+        # Frames are fitted as they are picked, so memory holds one full-size frame, not T of them.
+        self.picked: list[torch.Tensor] = []  # (3, size, size) uint8 each
+        self._source: np.ndarray | None = None
+        self._fitted: torch.Tensor | None = None
 
     @property
     def done(self) -> bool:
@@ -258,7 +323,10 @@ class _FrameSampler:
     def offer(self, prev_rgb: np.ndarray | None, t_next: float) -> None:
         """A new frame starts at ``t_next``: every pending output time before it shows ``prev_rgb``."""
         while prev_rgb is not None and not self.done and len(self.picked) / self.spec.fps < t_next - _TIME_EPS:
-            self.picked.append(prev_rgb)
+            if self._source is not prev_rgb:  # a repeated frame (output rate above the input's) is fitted once
+                self._fitted = _fit_frames(torch.from_numpy(prev_rgb)[None], self.spec)[0]
+                self._source = prev_rgb
+            self.picked.append(self._fitted)
 
 
 def load_video_clip(
@@ -279,6 +347,7 @@ def load_video_clip(
         if not container.streams.video:
             raise NoVideoStreamError(path, "no video stream")
         vstream = container.streams.video[0]
+        check_frame_size(path, vstream.codec_context.width, vstream.codec_context.height)
         astream = None
         if audio_rate is not None:
             if not container.streams.audio:
@@ -310,6 +379,7 @@ def load_video_clip(
                     t -= first_time
                     for s in samplers:
                         s.offer(prev_rgb, t)
+                    check_frame_size(path, frame.width, frame.height)  # the bitstream may contradict the header
                     prev_rgb = frame.to_ndarray(format="rgb24")  # (H, W, 3)
                     prev_time = t
                     if all(s.done for s in samplers):
@@ -335,7 +405,7 @@ def load_video_clip(
                     f"({end_time:.3f} s), need {s.num_frames} for {duration_sec:g} s",
                 )
         native_hw = (int(prev_rgb.shape[0]), int(prev_rgb.shape[1]))
-        frames = {s.spec.name: _fit_frames(torch.from_numpy(np.stack(s.picked)), s.spec) for s in samplers}
+        frames = {s.spec.name: torch.stack(s.picked) for s in samplers}  # (T, 3, size, size) each
         native_fps = float(vstream.average_rate or 0.0)
 
         audio = None
@@ -346,6 +416,7 @@ def load_video_clip(
             native_rate = collector.sample_rate
             if samples.shape[1] == 0:
                 raise MediaUnreadableError(path, "audio stream decodes to no samples")
+            check_audio_rate(path, native_rate, (*MODEL_AUDIO_RATES, audio_rate))
             if not np.isfinite(samples).all():
                 raise MediaUnreadableError(path, "audio contains NaN or infinite samples")
             mono = torch.from_numpy(samples).mean(dim=0)
@@ -426,7 +497,13 @@ __all__ = [
     "CLIP_FRAMES",
     "FrameSpec",
     "MediaError",
+    "MAX_FRAME_PIXELS",
+    "MAX_RESAMPLE_KERNEL",
+    "MIN_AUDIO_RATE",
+    "MAX_AUDIO_RATE",
+    "MODEL_AUDIO_RATES",
     "MediaInfo",
+    "MediaLimitError",
     "MediaMissingError",
     "MediaTooShortError",
     "MediaUnreadableError",
@@ -434,6 +511,8 @@ __all__ = [
     "NoVideoStreamError",
     "SYNC_FRAMES",
     "VideoClip",
+    "check_audio_rate",
+    "check_frame_size",
     "decode_audio",
     "exact_samples",
     "iter_media_files",
@@ -441,4 +520,5 @@ __all__ = [
     "load_video_clip",
     "probe",
     "resample",
+    "resample_kernel_entries",
 ]

@@ -11,15 +11,20 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmaudio.media import MediaError, probe
-from mmaudio.tables import read_tsv
+from mmaudio.media import MediaError, check_frame_size, probe
+from mmaudio.tables import check_id, read_tsv
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi")
 INDEX_COLUMNS = ("id", "label", "file", "duration_sec", "fps", "width", "height", "audio_rate", "audio_channels")
 
 
 def resolve_media(media_dir: Path, media_id: str, suffixes=VIDEO_SUFFIXES) -> Path:
-    """The single file ``media_dir/{id}.{suffix}``; raises FileNotFoundError or ValueError (ambiguous)."""
+    """The single file ``media_dir/{id}.{suffix}``; raises FileNotFoundError or ValueError (ambiguous).
+
+    ``media_id`` must be a plain file name (else TableError, a ValueError), whichever table it came
+    from: a name column is not checked like an id column, and ``..`` or ``/`` would leave the folder.
+    """
+    check_id(media_id, source=str(media_dir))
     found = [media_dir / f"{media_id}{s}" for s in suffixes if (media_dir / f"{media_id}{s}").is_file()]
     if not found:
         raise FileNotFoundError(f"no file for id {media_id!r} in {media_dir} (tried {', '.join(suffixes)})")
@@ -49,6 +54,7 @@ def index_video_list(list_tsv: str | os.PathLike, media_dir: str | os.PathLike, 
             continue
         try:
             info = probe(path)
+            check_frame_size(path, info.width, info.height)
         except MediaError as err:
             rejects.append((vid, err.reason))
             continue

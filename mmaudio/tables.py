@@ -7,6 +7,7 @@ so it is an error, never a silent skip.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -54,12 +55,17 @@ def read_tsv(
         raise TableError(f"{path}:{line}: not valid UTF-8 (byte {raw[e.start]:#04x} at offset {e.start})") from e
     if text.startswith("\ufeff"):
         text = text[1:]
-    lines = text.splitlines()
-    if not lines or not lines[0].strip():
-        raise TableError(f"{path}: empty file, expected a header with columns {list(required)}")
-    reader = csv.reader(lines, delimiter="\t", strict=True)
+    # csv caps a field at 128 KiB by default, which would fail a whole table over one long caption;
+    # a field may be as long as the file, so a caption is kept whole (the text encoder truncates it).
+    if len(text) > csv.field_size_limit():
+        csv.field_size_limit(len(text))
+    # csv splits records itself (newline=""): only \n and \r end a line, and a quoted field keeps
+    # them; str.splitlines would also break on U+2028, \x85, \x0c ... inside a caption.
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", strict=True)
     try:
-        header = next(reader)
+        header = next(reader, [])
+        if not any(h.strip() for h in header):
+            raise TableError(f"{path}: empty file, expected a header with columns {list(required)}")
         missing = [c for c in required if c not in header]
         if missing:
             raise TableError(f"{path}: missing required column(s) {missing}; header is {header}")
@@ -67,7 +73,8 @@ def read_tsv(
             raise TableError(f"{path}: repeated column names in header {header}")
         rows: list[dict[str, str]] = []
         first_line_of: dict[str, int] = {}
-        for lineno, fields in enumerate(reader, start=2):
+        for fields in reader:
+            lineno = reader.line_num  # a quoted field may span lines: this is the record's last line
             if not fields or all(f == "" for f in fields):
                 continue
             if len(fields) != len(header):

@@ -8,13 +8,31 @@ profile. mlflow is imported lazily so that GPU-only code paths run without it in
 Store: ``tracking.uri`` in params.yaml, else $MLFLOW_TRACKING_URI, else ``sqlite:///<root>/mlflow.db``
 with artifacts in ``<root>/mlartifacts``, where root is $DVC_ROOT (set by DVC, also when it runs an
 experiment in a temporary copy) or the repository root.
+
+Tracking faults never stop a stage or lose what it logs. Every call goes through the MLflow client
+with the run id (no global "active run"); if the store cannot be reached (connection refused, timeout,
+a 5xx answer) the call and every later one are appended to a spool file,
+``<root>/mlflow_spool/<stage>-<time>-<pid>.jsonl`` (artifacts copied beside it), and a warning says
+what could not be sent. At most every ``$MMAUDIO_TRACKING_RETRY_S`` seconds (default 30) a later call
+tries to send the spool, in order, and deletes it once everything has gone through; at the end of the
+stage a few more bounded tries are made. If the store never returns, the spool stays, the run is
+reported incomplete (``StageRun.incomplete``, an error in the log naming the file) and
+``python -m mmaudio.tracking replay <spool>`` sends it later. For an HTTP store the client is made to
+fail fast: ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` defaults to 0 and ``MLFLOW_HTTP_REQUEST_TIMEOUT`` to
+10 s unless already set. A local SQLite store takes the same path with no extra cost (no spool is
+written unless a call fails to reach the store).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
+import shutil
 import subprocess
+import sys
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,7 +45,23 @@ log = logging.getLogger(__name__)
 
 DB_NAME = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
+SPOOL_DIR = "mlflow_spool"
+INCOMPLETE_TAG = "mmaudio.tracking.incomplete"  # set on a run whose records arrived late (replayed)
+_EXIT_ATTEMPTS = 3  # tries to send the spool when the stage ends, RETRY_S apart (at most 5 s)
 _MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
+# `scheme://user:password@host` or `scheme://token@host`: a server, database or git URI may carry a
+# secret, which must not reach the MLflow store (anyone who can read runs could read it) or the logs.
+_URI_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/\s]+)@")
+
+
+def redact_credentials(text: str) -> str:
+    """``text`` with every URI's password (``user:***@``) or bare token (``***@``) hidden."""
+
+    def hide(m: re.Match) -> str:
+        user, has_password, _ = m["userinfo"].partition(":")
+        return f"{m['scheme']}{user}:***@" if has_password else f"{m['scheme']}***@"
+
+    return _URI_USERINFO.sub(hide, text)
 
 
 def tracking_root() -> Path:
@@ -69,10 +103,122 @@ def relpath(path: str | os.PathLike, root: Path) -> str:
         return p.as_posix()
 
 
+class TrackingUnreachable(RuntimeError):
+    """The tracking store could not be reached; the message says which call and why."""
+
+
+def _is_unreachable(e: BaseException) -> bool:
+    """True for transport failures (the store is down or slow), False for errors of the call itself
+    (a changed param value, a bad key) which must still raise."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(e, (requests.exceptions.RequestException, ConnectionError, TimeoutError)):
+        return True
+    # the REST client wraps connection errors, timeouts and non-2xx answers after its retries in this form
+    if isinstance(e, MlflowException):
+        text = str(e)
+        if "API request to" in text and "failed with" in text:
+            code = re.search(r"error code (\d{3})", text)
+            return code is None or code.group(1).startswith("5")
+    return False
+
+
+def _retry_interval() -> float:
+    return float(os.environ.get("MMAUDIO_TRACKING_RETRY_S", "30"))
+
+
+def _fail_fast_http(uri: str) -> None:
+    """Retries with backoff and a 120 s timeout (MLflow's defaults) would stall the stage for minutes
+    per call while the server is down; the spool does the retrying instead."""
+    if uri.startswith(("http://", "https://")):
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
+def _describe(op: Mapping[str, Any]) -> str:
+    kind = op["op"]
+    if kind in ("params", "tags"):
+        return f"{kind} {sorted(op['data'])[:5]}{' ...' if len(op['data']) > 5 else ''}"
+    if kind == "metrics":
+        return f"metrics {sorted(op['data'])} at step {op['step']}"
+    if kind == "artifact":
+        return f"artifact {op['name']}"
+    if kind == "input":
+        return f"dataset {op['context']} {op['name']}"
+    if kind == "end":
+        return f"end of run ({op['status']})"
+    return "start of run"
+
+
+class _Sender:
+    """Performs spooled operations against one store; ``run_id`` is set by the start operation."""
+
+    def __init__(self, uri: str, run_id: str | None, spool_files: Path | None = None):
+        from mlflow import MlflowClient
+
+        _fail_fast_http(uri)
+        self.client = MlflowClient(tracking_uri=uri)
+        self.run_id = run_id
+        self.files = spool_files
+
+    def send(self, op: Mapping[str, Any]) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        c, kind = self.client, op["op"]
+        if kind == "start":
+            self._start(op)
+            return
+        if self.run_id is None:
+            raise RuntimeError(f"{_describe(op)}: no run to send it to (the start of the run was not recorded)")
+        if kind == "params":
+            c.log_batch(self.run_id, params=[Param(k, v) for k, v in op["data"].items()])
+        elif kind == "tags":
+            c.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in op["data"].items()])
+        elif kind == "metrics":
+            c.log_batch(self.run_id, metrics=[Metric(k, v, op["time_ms"], op["step"] or 0) for k, v in op["data"].items()])
+        elif kind == "input":
+            self._input(op)
+        elif kind == "artifact":
+            path = Path(op["path"])
+            if not path.is_absolute() and self.files is not None:
+                path = self.files / path
+            c.log_artifact(self.run_id, str(path), artifact_path=op["artifact_path"])
+        elif kind == "end":
+            c.set_terminated(self.run_id, status=op["status"], end_time=op["time_ms"])
+        else:
+            raise ValueError(f"unknown spooled operation {kind!r}")
+
+    def _start(self, op: Mapping[str, Any]) -> None:
+        from mlflow.tracking.context.registry import resolve_tags
+
+        c = self.client
+        exp = c.get_experiment_by_name(op["experiment"])
+        exp_id = exp.experiment_id if exp is not None else c.create_experiment(
+            op["experiment"], artifact_location=op["artifact_location"])
+        if op["resume_run_id"]:
+            self.run_id = op["resume_run_id"]
+            c.update_run(self.run_id, status="RUNNING")
+        else:
+            # the same default tags (user, source, git) as mlflow.start_run would add
+            run = c.create_run(exp_id, start_time=op["time_ms"], run_name=op["run_name"], tags=resolve_tags({}))
+            self.run_id = run.info.run_id
+
+    def _input(self, op: Mapping[str, Any]) -> None:
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        ds = MetaDataset(source=_local_source(Path(op["source"])), name=op["name"], digest=op["digest"])
+        self.client.log_inputs(self.run_id, datasets=[
+            DatasetInput(ds._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, op["context"])])])
+
+
 class StageRun:
     """Context manager around one MLflow run for one stage execution.
 
-    On ranks other than 0 every method is a no-op, so callers never branch on rank.
+    On ranks other than 0 every method is a no-op, so callers never branch on rank. A store that
+    cannot be reached never raises here: see the module docstring.
     """
 
     def __init__(
@@ -88,31 +234,36 @@ class StageRun:
         self.stage = stage
         self.params = params
         self.inputs = list(inputs)
-        self.active = rank == 0
+        self.active = rank == 0 and params.tracking.enabled
         self.resume_run_id = run_id
         self.extra_params = dict(extra_params or {})
         self.workspace = find_repo_root()
         self.run_id: str | None = None
         self.hashes: dict[str, str] = {}
+        self.spool: Path | None = None  # the spool file while something is unsent
+        self.incomplete = False  # True after exit if records could not be sent
+        self.deferred = 0  # operations that went through the spool in this run
+        self._pending: list[dict[str, Any]] = []
+        self._retry_at = 0.0
+        self._sender: _Sender | None = None
+        self._uri = ""
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def __enter__(self) -> "StageRun":
         if not self.active:
             return self
-        import mlflow
-
         uri, is_default = resolve_tracking_uri(self.params.tracking.uri)
-        mlflow.set_tracking_uri(uri)
-        exp_name = self.params.tracking.experiment
-        if mlflow.get_experiment_by_name(exp_name) is None:
-            artifact_location = (tracking_root() / ARTIFACTS_DIR).as_uri() if is_default else None
-            mlflow.create_experiment(exp_name, artifact_location=artifact_location)
-        mlflow.set_experiment(exp_name)
+        self._uri = uri
+        self._sender = _Sender(uri, None)
         exp = os.environ.get("DVC_EXP_NAME", "")
         run_name = f"{self.stage}" + (f" [{exp}]" if exp else "")
-        run = mlflow.start_run(run_id=self.resume_run_id, run_name=None if self.resume_run_id else run_name)
-        self.run_id = run.info.run_id
+        self._submit({
+            "op": "start", "experiment": self.params.tracking.experiment, "run_name": run_name,
+            "artifact_location": (tracking_root() / ARTIFACTS_DIR).as_uri() if is_default else None,
+            "resume_run_id": self.resume_run_id, "time_ms": int(time.time() * 1000),
+        })
+        self.run_id = self._sender.run_id
         tags = {
             "mmaudio.stage": self.stage,
             "mmaudio.profile": self.params.profile,
@@ -121,21 +272,119 @@ class StageRun:
             "dvc.baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", ""),
             **git_state(self.workspace),
         }
-        mlflow.set_tags(tags)
+        self.set_tags(tags)
         if self.resume_run_id is None:
             flat = {k: _param_value(v) for k, v in to_flat_dict(self.params).items()}
             flat.update({k: _param_value(v) for k, v in self.extra_params.items()})
-            mlflow.log_params(flat)
+            self._submit({"op": "params", "data": flat})
         self._log_paths(self.inputs, "in")
-        log.info("MLflow run %s (%s) at %s", self.run_id, run_name, uri)
+        log.info("MLflow run %s (%s) at %s", self.run_id or "(not started yet: store unreachable)", run_name,
+                 redact_credentials(uri))
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if not self.active or self.run_id is None:
+        if not self.active:
             return
-        import mlflow
+        self._submit({"op": "end", "status": "FAILED" if exc_type is not None else "FINISHED",
+                      "time_ms": int(time.time() * 1000)})
+        pause = min(_retry_interval(), 5.0)
+        for attempt in range(_EXIT_ATTEMPTS):
+            if not self._pending:
+                break
+            if attempt:
+                time.sleep(pause)
+            self._flush()
+        if self._pending:
+            self.incomplete = True
+            log.error(
+                "MLflow run of %s is INCOMPLETE: %d records could not be sent to %s (%s); they are kept in %s. "
+                "Send them with: python -m mmaudio.tracking replay %s",
+                self.stage, len(self._pending), redact_credentials(self._uri),
+                ", ".join(_describe(op) for op in self._pending[:4]) + (" ..." if len(self._pending) > 4 else ""),
+                self.spool, self.spool)
 
-        mlflow.end_run(status="FAILED" if exc_type is not None else "FINISHED")
+    # -- sending, or spooling when the store is away -------------------------------------------
+
+    def _submit(self, op: dict[str, Any]) -> None:
+        if self._pending and time.monotonic() >= self._retry_at:
+            self._flush()
+        if not self._pending:
+            try:
+                self._sender.send(op)
+                return
+            except Exception as e:  # noqa: BLE001 - only transport failures are kept; the rest re-raise
+                if not _is_unreachable(e):
+                    raise
+                self._go_offline(op, e)
+        self._spool(op)
+
+    def _go_offline(self, op: Mapping[str, Any], e: BaseException) -> None:
+        if self.spool is None:
+            folder = tracking_root() / SPOOL_DIR
+            folder.mkdir(parents=True, exist_ok=True)
+            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.stage)
+            self.spool = folder / f"{name}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.jsonl"
+        self._retry_at = time.monotonic() + _retry_interval()
+        log.warning("MLflow store %s unreachable (%s): could not send %s; buffering it and later records in %s, "
+                    "retrying in %.0f s", redact_credentials(self._uri), redact_credentials(_first_line(e)),
+                    _describe(op), self.spool, _retry_interval())
+
+    def _spool(self, op: dict[str, Any]) -> None:
+        if op["op"] == "artifact" and not op.get("spooled"):
+            # the file may be a temporary one: keep a copy beside the spool
+            files = self.spool.with_suffix(".files")
+            dest = files / f"{len(self._pending):06d}" / Path(op["path"]).name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(op["path"], dest)
+            op = {**op, "path": dest.relative_to(files).as_posix(), "spooled": True}
+        self._pending.append(op)
+        self.deferred += 1
+        log.info("MLflow store unreachable: buffered %s", _describe(op))
+        with open(self.spool, "a") as f:
+            if f.tell() == 0:
+                f.write(json.dumps(self._header()) + "\n")
+            f.write(json.dumps(op) + "\n")
+
+    def _header(self) -> dict[str, Any]:
+        return {"op": "header", "uri": redact_credentials(self._uri), "stage": self.stage, "run_id": self._sender.run_id}
+
+    def _flush(self) -> bool:
+        """Send the spooled records in order; True when none is left. Stops at the first transport failure."""
+        self._sender.files = self.spool.with_suffix(".files")
+        while self._pending:
+            op = self._pending[0]
+            try:
+                self._sender.send(op)
+            except Exception as e:  # noqa: BLE001 - see _submit
+                if not _is_unreachable(e):
+                    # the store refuses this record (it would have raised had it been sent at once);
+                    # raising now would stop the stage at an unrelated call, so say so and go on
+                    log.error("MLflow refused buffered %s: %s", _describe(op), redact_credentials(_first_line(e)))
+                    self._pending.pop(0)
+                    continue
+                self._retry_at = time.monotonic() + _retry_interval()
+                log.warning("MLflow store %s still unreachable (%s); %d records wait in %s",
+                            redact_credentials(self._uri), redact_credentials(_first_line(e)), len(self._pending), self.spool)
+                self._rewrite_spool()
+                return False
+            self._pending.pop(0)
+            self.run_id = self._sender.run_id
+        log.warning("MLflow store %s is back: sent the %d buffered records of run %s", redact_credentials(self._uri),
+                    self.deferred, self.run_id)
+        try:
+            self._sender.send({"op": "tags", "data": {"mmaudio.tracking.deferred_records": str(self.deferred)}})
+        except Exception as e:  # noqa: BLE001 - a note only; everything the stage logged is already sent
+            if not _is_unreachable(e):
+                raise
+        self.spool.unlink(missing_ok=True)
+        shutil.rmtree(self.spool.with_suffix(".files"), ignore_errors=True)
+        self.spool = None
+        return True
+
+    def _rewrite_spool(self) -> None:
+        tmp = self.spool.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(op) + "\n" for op in [self._header(), *self._pending]))
+        os.replace(tmp, self.spool)
 
     # -- logging -----------------------------------------------------------------------------
 
@@ -148,45 +397,64 @@ class StageRun:
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         if not self.active:
             return
-        import mlflow
-
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+        self._submit({"op": "metrics", "data": {k: float(v) for k, v in metrics.items()}, "step": step,
+                      "time_ms": int(time.time() * 1000)})
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         if not self.active:
             return
-        import mlflow
-
-        mlflow.log_params({k: _param_value(v) for k, v in params.items()})
+        self._submit({"op": "params", "data": {k: _param_value(v) for k, v in params.items()}})
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if not self.active:
             return
-        import mlflow
-
-        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+        self._submit({"op": "tags", "data": {k: redact_credentials(str(v)) for k, v in tags.items()}})
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         if not self.active:
             return
-        import mlflow
-
-        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+        self._submit({"op": "artifact", "path": str(Path(path).resolve()), "name": Path(path).name,
+                      "artifact_path": artifact_path})
 
     def _log_paths(self, paths, direction: str) -> dict[str, str]:
-        import mlflow
-        from mlflow.data.meta_dataset import MetaDataset
-
         logged: dict[str, str] = {}
         for p in paths:
             rel = relpath(p, self.workspace)
-            digest = dvc_hash(p)
+            digest = dvc_hash(p)  # computed here whatever the store does: the run key depends on it
             logged[rel] = digest
-            mlflow.log_param(f"data.{direction}.{rel}", digest)
-            ds = MetaDataset(source=_local_source(Path(p).resolve()), name=rel, digest=digest)
-            mlflow.log_input(ds, context="input" if direction == "in" else "output")
+            self._submit({"op": "params", "data": {f"data.{direction}.{rel}": digest}})
+            self._submit({"op": "input", "name": rel, "digest": digest, "source": str(Path(p).resolve()),
+                          "context": "input" if direction == "in" else "output"})
         self.hashes.update(logged)
         return logged
+
+
+def replay_spool(path: str | os.PathLike, uri: str | None = None) -> str:
+    """Send the records of a spool file left by an incomplete run; returns the run id. The run gets
+    the tag ``mmaudio.tracking.incomplete`` = ``replayed``. The file is deleted once all went through."""
+    path = Path(path)
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not lines or lines[0].get("op") != "header":
+        raise ValueError(f"{path}: not a tracking spool file (no header line)")
+    header, ops = lines[0], lines[1:]
+    target = uri or header["uri"]
+    if "***@" in target:
+        raise ValueError(f"{path}: the recorded URI {target} had credentials removed; pass the URI")
+    sender = _Sender(target, header["run_id"], path.with_suffix(".files"))
+    for i, op in enumerate(ops):
+        try:
+            sender.send(op)
+        except Exception as e:  # noqa: BLE001 - name the record that failed, keep the file
+            raise TrackingUnreachable(f"{path}: record {i + 1} of {len(ops)} ({_describe(op)}) not sent: {_first_line(e)}") from e
+    sender.send({"op": "tags", "data": {INCOMPLETE_TAG: "replayed"}})
+    path.unlink()
+    shutil.rmtree(path.with_suffix(".files"), ignore_errors=True)
+    return sender.run_id
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
 def _local_source(path: Path):
@@ -199,5 +467,23 @@ def _local_source(path: Path):
 
 
 def _param_value(v: Any) -> str:
-    s = "null" if v is None else str(v)
+    s = "null" if v is None else redact_credentials(str(v))
     return s if len(s) <= _MAX_PARAM_CHARS else s[: _MAX_PARAM_CHARS - 3] + "..."
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m mmaudio.tracking", description="Send spooled MLflow records.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    rp = sub.add_parser("replay", help="send the records of spool files left by incomplete runs")
+    rp.add_argument("spool", nargs="+", type=Path)
+    rp.add_argument("--uri", default=None, help="tracking URI (default: the one recorded in the file)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    for path in args.spool:
+        log.info("%s: sent to run %s", path, replay_spool(path, args.uri))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
