@@ -143,6 +143,24 @@ class TrainConfig:
 
 
 @dataclass
+class EvaluateConfig:
+    """Sampling and scoring of the trained network on a feature set (stage `evaluate`)."""
+
+    dataset: str = "examples_test"  # a video feature set (<extract.out_dir>/<name>) and its video dataset entry
+    solver: str = "euler"  # euler | adaptive (torchdiffeq dopri5)
+    num_steps: int = 25  # Euler steps
+    cfg_strength: float = 4.5
+    seed: int = 0  # row i's noise: a generator seeded from (seed, i), independent of batching
+    batch_size: int = 8  # rows per network / decoder call, per process
+    device: str = "auto"  # auto (GPU if any) | cpu | cuda
+    events_tsv: str | None = "data/examples/events.tsv"  # known event times for proxy_onset_event_*; null: none
+    crepe: bool = True  # proxy_fd_crepe with torchcrepe's tiny model on CPU
+    baseline: bool = True  # also score the untrained network (init from train.seed): baseline_* scores
+    num_logged_samples: int = 2  # sample flac files logged to MLflow as artifacts
+    out_dir: str = "models/evaluate"  # samples/, baseline_samples/, gt/, scores.json
+
+
+@dataclass
 class TrackingConfig:
     """MLflow. `uri: null` means a SQLite file at the repo root (or $MLFLOW_TRACKING_URI if set)."""
 
@@ -164,6 +182,7 @@ class Params:
     video_datasets: dict[str, VideoDatasetConfig] = field(default_factory=dict)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
@@ -245,6 +264,7 @@ def _check_values(p: Params, source: str) -> None:
         raise ConfigError(f"{source}: key 'partition.segment_sec' must be > 0, got {p.partition.segment_sec}")
     _check_extract(p.extract, source)
     _check_train(p, source)
+    _check_evaluate(p.evaluate, source)
     if p.partition.min_duration_sec < p.partition.segment_sec:
         raise ConfigError(
             f"{source}: key 'partition.min_duration_sec' ({p.partition.min_duration_sec}) must be >= "
@@ -303,6 +323,15 @@ def _check_train(p: Params, source: str) -> None:
         raise ConfigError(f"{source}: key 'train.ema.output_sigma_rel' must be in (0, 0.3), got {t.ema.output_sigma_rel}")
     if t.ema.snapshot_every < 1:
         raise ConfigError(f"{source}: key 'train.ema.snapshot_every' must be >= 1, got {t.ema.snapshot_every}")
+
+
+def _check_evaluate(e: EvaluateConfig, source: str) -> None:
+    for key, choices in (("solver", ("euler", "adaptive")), ("device", ("auto", "cpu", "cuda"))):
+        if getattr(e, key) not in choices:
+            raise ConfigError(f"{source}: key 'evaluate.{key}' must be one of {choices}, got {getattr(e, key)!r}")
+    for key, low in (("num_steps", 1), ("batch_size", 1), ("num_logged_samples", 0)):
+        if getattr(e, key) < low:
+            raise ConfigError(f"{source}: key 'evaluate.{key}' must be >= {low}, got {getattr(e, key)}")
 
 
 def _describe(e: OmegaConfBaseException) -> str:

@@ -234,7 +234,8 @@ class StageRun:
         self.stage = stage
         self.params = params
         self.inputs = list(inputs)
-        self.active = rank == 0 and params.tracking.enabled
+        self.is_rank0 = rank == 0
+        self.active = self.is_rank0 and params.tracking.enabled
         self.resume_run_id = run_id
         self.extra_params = dict(extra_params or {})
         self.workspace = find_repo_root()
@@ -252,6 +253,9 @@ class StageRun:
 
     def __enter__(self) -> "StageRun":
         if not self.active:
+            if self.is_rank0:
+                # with tracking off the input hashes are still needed (the train stage's run key)
+                self.hashes.update({relpath(p, self.workspace): dvc_hash(p) for p in self.inputs})
             return self
         uri, is_default = resolve_tracking_uri(self.params.tracking.uri)
         self._uri = uri
@@ -272,6 +276,10 @@ class StageRun:
             "dvc.baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", ""),
             **git_state(self.workspace),
         }
+        if self.resume_run_id is not None:
+            # a later stage logging into an earlier stage's run (evaluate into train) keeps that
+            # run's own tags and adds its own under its stage name
+            tags = {f"{self.stage}.{k}": v for k, v in tags.items()}
         self.set_tags(tags)
         if self.resume_run_id is None:
             flat = {k: _param_value(v) for k, v in to_flat_dict(self.params).items()}

@@ -1,0 +1,34 @@
+"""Stage evaluate: sample the test feature set with the trained network and score it.
+
+    torchrun --standalone --nproc_per_node=1 stages/evaluate.py [evaluate.solver=adaptive ...]
+
+Reads <train.out_dir>/weights.pth and logs every score into the training run (the id in
+<train.out_dir>/mlflow_run_id.txt). Writes <evaluate.out_dir>/: samples/, baseline_samples/, gt/
+(FLAC at the model rate) and scores.json (DVC metrics; the untrained network's scores as baseline_*).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mmaudio.cli import parse_stage_args, setup_logging
+from mmaudio.distributed import cleanup_distributed, init_distributed
+from mmaudio.evaluation.evaluate import evaluate
+
+
+def main(argv=None) -> None:
+    setup_logging()
+    _, params = parse_stage_args(__doc__, argv)
+    ctx = init_distributed(params.evaluate.device)
+    setup_logging(ctx.rank)
+    try:
+        evaluate(params, ctx)
+    finally:
+        cleanup_distributed()
+
+
+if __name__ == "__main__":
+    main()

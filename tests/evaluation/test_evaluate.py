@@ -1,0 +1,122 @@
+"""The evaluate function end to end on a micro network and a 2-row synthetic feature set: samples and
+scores.json are written, official metrics are skipped with reasons, and everything lands in an
+existing MLflow run (a real SQLite store)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mmaudio.config import validate
+from mmaudio.encoders.profiles import get_profile
+from mmaudio.encoders.tiny import write_tiny_weights
+from mmaudio.evaluation import evaluate as evaluate_mod
+from mmaudio.features import write_feature_set
+from mmaudio.media import decode_audio
+from mmaudio.model.network import NETWORK_PRESETS, build_network, save_network_weights
+from tests.training.presets import MICRO
+
+REPO = Path(__file__).resolve().parents[2]
+IDS = ["clip_a", "clip_b"]
+RATE = 16000
+TINY_FILES = ("v1-16.pth", "best_netG.pt")  # the 16k VAE and vocoder: all that decoding needs
+
+
+def clicks(times: list[float], seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    wave = 0.01 * torch.randn(128_000, generator=g)
+    for t in times:
+        i = int(t * RATE)
+        wave[i : i + 400] += 0.8 * torch.exp(-torch.arange(400) / 60.0) * torch.randn(400, generator=g).sign()
+    return wave
+
+
+@pytest.fixture
+def ws(tmp_path, monkeypatch):
+    NETWORK_PRESETS.setdefault(MICRO.name, MICRO)
+    monkeypatch.chdir(tmp_path)
+    for var in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["extract"]["out_dir"] = "features"
+    raw["train"]["network"] = MICRO.name
+    raw["train"]["out_dir"] = "train"
+    raw["video_datasets"] = {"syn_test": {"media_dir": "media", "list_tsv": "l.tsv", "index_tsv": "i.tsv",
+                                          "rejects_tsv": "r.tsv", "split": "test", "normalize_audio": False}}
+    raw["evaluate"] = {**raw["evaluate"], "dataset": "syn_test", "num_steps": 2, "device": "cpu",
+                       "events_tsv": "events.tsv", "out_dir": "eval", "num_logged_samples": 1}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    params = validate(raw)
+    tiny = tmp_path / get_profile("tiny").root
+    made = REPO / get_profile("tiny").root
+    if all((made / f).is_file() for f in TINY_FILES):  # the stage's files: same seed, same bytes, no rebuild
+        tiny.mkdir(parents=True)
+        for f in TINY_FILES:
+            shutil.copy(made / f, tiny / f)
+    else:
+        write_tiny_weights(tiny, seed=0)
+    g = torch.Generator().manual_seed(0)
+    write_feature_set(
+        tmp_path / "features" / "syn_test", mode="16k", kind="video", ids=IDS, texts=["a", "b"],
+        tensors={"mean": torch.randn(2, 250, 20, generator=g), "std": torch.full((2, 250, 20), 0.1),
+                 "text_features": torch.randn(2, 77, 1024, generator=g),
+                 "clip_features": torch.randn(2, 64, 1024, generator=g),
+                 "sync_features": torch.randn(2, 192, 768, generator=g)},
+    )
+    torch.manual_seed(1)
+    net = build_network(MICRO.name, latent_mean=torch.zeros(20), latent_std=torch.ones(20))
+    save_network_weights(net, tmp_path / "train" / "weights.pth")
+    # only clip_a has known events; the file's event at 9 s lies outside the 8 s window
+    (tmp_path / "events.tsv").write_text("id\tkind\ttime_sec\nclip_a\tflash_click\t1.0\nclip_a\timpact\t4.0\n"
+                                         "clip_a\tflash_click\t9.0\n")
+    gt = {"clip_a": clicks([1.0, 4.0], 1), "clip_b": clicks([2.0, 6.0], 2)}
+    monkeypatch.setattr(evaluate_mod, "CREPE_HOP_SEC", 0.25)  # 64 CREPE frames per set: enough, and fast
+    monkeypatch.setattr(evaluate_mod, "ground_truth_audio", lambda p, ids, rate, n: {i: gt[i] for i in ids})
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    return tmp_path, params
+
+
+def test_evaluate_writes_scores_and_logs_into_existing_run(ws):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    root, params = ws
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("mmaudio")
+    run_id = client.create_run(exp).info.run_id
+    client.log_metric(run_id, "train.loss", 1.0)
+    (root / "train" / "mlflow_run_id.txt").write_text(run_id + "\n")
+
+    scores = evaluate_mod.evaluate(params)
+
+    doc = json.loads((root / "eval" / "scores.json").read_text())
+    for key in ("proxy_fd_logmel", "proxy_onset_gt_f1", "proxy_onset_event_f1", "proxy_fd_crepe",
+                "baseline_proxy_fd_logmel", "baseline_proxy_onset_gt_f1", "baseline_proxy_fd_crepe"):
+        assert key in doc, key
+    assert doc["proxy_onset_event_num_clips"] == 1.0  # only clip_a has events
+    assert doc["proxy_onset_gt_num_clips"] == 2.0
+    assert doc["proxy_fd_logmel"] > 0 and math.isfinite(doc["proxy_fd_logmel"])
+    assert scores["proxy_fd_logmel"] == doc["proxy_fd_logmel"]
+    for folder in ("samples", "baseline_samples", "gt"):
+        for i in IDS:
+            track = decode_audio(root / "eval" / folder / f"{i}.flac")
+            assert track.sample_rate == RATE and track.num_samples == 128_000
+
+    runs = client.search_runs([exp])
+    assert [r.info.run_id for r in runs] == [run_id]  # no second run
+    data = client.get_run(run_id).data
+    assert data.metrics["train.loss"] == 1.0
+    assert data.metrics["proxy_fd_logmel"] == pytest.approx(doc["proxy_fd_logmel"])
+    assert data.metrics["baseline.proxy_fd_logmel"] == pytest.approx(doc["baseline_proxy_fd_logmel"])
+    for metric in ("fd_panns", "fd_vgg", "fd_passt", "desync", "ib_score"):
+        assert data.tags[f"eval.skipped.{metric}"].startswith("weights absent"), metric
+    artifacts = [a.path for a in client.list_artifacts(run_id, "evaluate/samples")]
+    assert artifacts == ["evaluate/samples/clip_a.flac"]
