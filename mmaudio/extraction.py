@@ -589,3 +589,34 @@ def encoder_factory(params: Params, kind: str, device: torch.device) -> Callable
         )
 
     return make
+
+
+def run_extract_stage(kind: str, doc: str, argv: Sequence[str] | None = None) -> None:
+    """The whole of stages/extract_{audio,video}.py: parse, extract on this rank, log on rank 0."""
+    from mmaudio.cli import parse_stage_args, setup_logging
+    from mmaudio.distributed import cleanup_distributed, init_distributed
+    from mmaudio.tracking import StageRun
+
+    stage_log = logging.getLogger(f"extract_{kind}")
+    make_job = {"audio": audio_job, "video": video_job}[kind]
+    setup_logging()
+    args, params = parse_stage_args(doc, argv, dataset=True)
+    ctx = init_distributed(params.extract.device)
+    setup_logging(ctx.rank)
+    try:
+        weights = encoder_weight_paths(params, kind)
+        job = make_job(params, args.dataset, ctx.device, weights)
+        stage_log.info("%s: %d rows, %d carried rejects, %d process(es) on %s",
+                       args.dataset, len(job.rows), len(job.carried_rejects), ctx.world_size, ctx.device)
+        with StageRun(f"extract_{kind}@{args.dataset}", params, inputs=[*job.inputs, *weights], rank=ctx.rank) as run:
+            result = run_job(job, encoder_factory(params, kind, ctx.device), ctx)
+            if result is not None:
+                log_rejects(stage_log, result)
+                stage_log.info(
+                    "%s: %d clips, %d rejects (%d here), %.2f clips/s -> %s",
+                    args.dataset, result.clips, len(result.rejects), result.new_rejects, result.clips_per_sec, job.out_dir,
+                )
+                run.log_metrics(result_metrics(result))
+                run.log_outputs([job.out_dir])
+    finally:
+        cleanup_distributed()
