@@ -7,7 +7,7 @@ MMAudio conditions on Apple's DFN5B CLIP ViT-H/14 (hub id ``apple/DFN5B-CLIP-ViT
 - text: a caption is tokenised to 77 ids; the features are the final-layer-norm outputs of *every*
   token position, before the text projection, each L2-normalised: (B, 77, 1024).
 - ``empty_string.pth`` holds the text features of ``''`` with a leading batch axis: (1, 77, 1024);
-  upstream reads it back with ``torch.load(path)[0]``.
+  upstream reads it back and takes element ``[0]``.
 
 The model object is always an unmodified ``open_clip.CLIP``: its state dict *is* the official one, so
 ``open_clip_pytorch_model.bin`` / ``open_clip_model.safetensors`` load strictly and tiny weights are
@@ -391,7 +391,7 @@ def save_empty_string(feature: torch.Tensor, path: str | os.PathLike) -> Path:
 
 
 def load_empty_string(path: str | os.PathLike) -> torch.Tensor:
-    """Read ``empty_string.pth`` -> (77, D), i.e. ``torch.load(path)[0]`` as upstream does, safely."""
+    """Read ``empty_string.pth`` -> (77, D), i.e. element ``[0]`` of the stored tensor as upstream takes it, read safely."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"empty-string feature file not found: {path}")
