@@ -69,7 +69,9 @@ def test_push_then_pull_into_a_second_clone_leaves_nothing_to_recompute(team_ser
     add_remote(clone, team_services)
     run(["dvc", "pull"], clone)
     for path, md5 in {**cached, **uncached}.items():  # the uncached ones came with git
-        assert (clone / path).exists(), f"{path} is neither in the remote nor in git"
+        assert (clone / path).exists(), (
+            f"{path} is neither in the remote nor in git: a `cache: false` output that git ignores never reaches a "
+            "teammate, whose `dvc repro` then reruns its stage; commit it to git or let DVC cache it")
         assert dvc_hash(clone / path) == md5, path
 
     status = run(["dvc", "status"], clone)
