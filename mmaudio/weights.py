@@ -98,3 +98,15 @@ def save_weight_file(obj: Mapping, path: str | os.PathLike) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def build_module(factory, *, device: str | torch.device = "cpu", seed: int | None = None):
+    """``factory()`` built on ``device`` (``'meta'`` for key/shape checks only); with ``seed`` its random
+    initialisation comes from that seed without disturbing the caller's global RNG."""
+    device = torch.device(device)
+    if seed is None:
+        with device:
+            return factory()
+    with torch.random.fork_rng(devices=[]), device:
+        torch.manual_seed(seed)
+        return factory()

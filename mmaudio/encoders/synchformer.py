@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from mmaudio.encoders.motionformer import Motionformer, MotionformerConfig
-from mmaudio.weights import WeightFileError, load_state_dict_strict, load_weight_file, save_weight_file
+from mmaudio.weights import build_module, WeightFileError, load_state_dict_strict, load_weight_file, save_weight_file
 
 WEIGHT_PREFIX = "vfeat_extractor."  # key prefix of the visual branch in synchformer_state_dict.pth
 OFFICIAL_FILE_NAME = "synchformer_state_dict.pth"
@@ -112,13 +112,7 @@ def build_synchformer_visual(
     seed: int | None = None,
 ) -> SynchformerVisual:
     """A :class:`SynchformerVisual` with fresh weights (``device='meta'`` for key/shape checks only)."""
-    device = torch.device(device)
-    if seed is None:
-        with device:
-            return SynchformerVisual(preset)
-    with torch.random.fork_rng(devices=[]), device:
-        torch.manual_seed(seed)
-        return SynchformerVisual(preset)
+    return build_module(lambda: SynchformerVisual(preset), device=device, seed=seed)
 
 
 def read_synchformer_visual_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

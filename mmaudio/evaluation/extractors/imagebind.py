@@ -61,7 +61,7 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 
 from mmaudio.evaluation.resolver import DEFAULT_EXT_DIR, resolve_weight
-from mmaudio.weights import WeightFileError, load_state_dict_strict, load_weight_file, save_weight_file
+from mmaudio.weights import build_module, WeightFileError, load_state_dict_strict, load_weight_file, save_weight_file
 
 OFFICIAL_FILE_NAME = "imagebind_huge.pth"
 
@@ -527,13 +527,7 @@ def build_imagebind(
     seed: int | None = None,
 ) -> ImageBind:
     """An :class:`ImageBind` (vision + audio) with fresh weights (``device='meta'``: shapes only)."""
-    device = torch.device(device)
-    if seed is None:
-        with device:
-            return ImageBind(preset)
-    with torch.random.fork_rng(devices=[]), device:
-        torch.manual_seed(seed)
-        return ImageBind(preset)
+    return build_module(lambda: ImageBind(preset), device=device, seed=seed)
 
 
 def select_built_modalities(

@@ -46,7 +46,7 @@ from mmaudio.evaluation.extractors.audio_frontend import (
     prepare_av_bench_waveform,
 )
 from mmaudio.evaluation.resolver import DEFAULT_EXT_DIR, resolve_weight
-from mmaudio.weights import WeightFileError, load_state_dict_strict, load_weight_file, save_weight_file
+from mmaudio.weights import build_module, WeightFileError, load_state_dict_strict, load_weight_file, save_weight_file
 
 OFFICIAL_FILE_NAME = "passt-s-f128-p16-s10-ap.476-swa.pt"
 
@@ -276,13 +276,7 @@ def build_passt(
     seed: int | None = None,
 ) -> Passt:
     """A :class:`Passt` with fresh weights (``device='meta'`` for key/shape checks only)."""
-    device = torch.device(device)
-    if seed is None:
-        with device:
-            return Passt(preset)
-    with torch.random.fork_rng(devices=[]), device:
-        torch.manual_seed(seed)
-        return Passt(preset)
+    return build_module(lambda: Passt(preset), device=device, seed=seed)
 
 
 def read_passt_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -63,7 +63,7 @@ from mmaudio.encoders.synchformer import (
 )
 from mmaudio.evaluation.extractors.audio_frontend import resample_av_bench, to_mono_batch
 from mmaudio.evaluation.resolver import DEFAULT_EXT_DIR, resolve_weight
-from mmaudio.weights import load_state_dict_strict, load_weight_file, save_weight_file
+from mmaudio.weights import build_module, load_state_dict_strict, load_weight_file, save_weight_file
 
 OFFICIAL_FILE_NAME = "synchformer_state_dict.pth"
 
@@ -666,13 +666,7 @@ def build_synchformer_av(
     seed: int | None = None,
 ) -> SynchformerAV:
     """A :class:`SynchformerAV` with fresh weights (``device='meta'`` for key/shape checks only)."""
-    device = torch.device(device)
-    if seed is None:
-        with device:
-            return SynchformerAV(preset)
-    with torch.random.fork_rng(devices=[]), device:
-        torch.manual_seed(seed)
-        return SynchformerAV(preset)
+    return build_module(lambda: SynchformerAV(preset), device=device, seed=seed)
 
 
 def load_synchformer_av(

@@ -35,7 +35,7 @@ from torch import nn
 
 from mmaudio.evaluation.extractors.audio_frontend import AV_BENCH_DURATION_SEC, prepare_av_bench_waveform
 from mmaudio.evaluation.resolver import DEFAULT_EXT_DIR, resolve_weight
-from mmaudio.weights import WeightFileError, load_state_dict_strict, load_weight_file, save_weight_file
+from mmaudio.weights import build_module, WeightFileError, load_state_dict_strict, load_weight_file, save_weight_file
 
 OFFICIAL_FILE_NAME = "vggish-10086976.pth"
 IGNORED_PREFIX = "pproc."  # PCA postprocessor of torch.hub's VGGish, unused with postprocess=False
@@ -211,13 +211,7 @@ def build_vggish(
     seed: int | None = None,
 ) -> Vggish:
     """A :class:`Vggish` with fresh weights (``device='meta'`` for key/shape checks only)."""
-    device = torch.device(device)
-    if seed is None:
-        with device:
-            return Vggish(preset)
-    with torch.random.fork_rng(devices=[]), device:
-        torch.manual_seed(seed)
-        return Vggish(preset)
+    return build_module(lambda: Vggish(preset), device=device, seed=seed)
 
 
 def load_vggish(
