@@ -78,7 +78,8 @@ STAGE = "train"
 # Keys that change how a run is carried out or recorded, not the numbers it produces: a run resumes
 # across changes of these.
 RESUME_NEUTRAL_KEYS = frozenset(
-    {"checkpoint_every", "keep_last", "val_interval", "log_interval", "nproc_per_node", "prefetch", "compile",
+    {"checkpoint_every", "keep_last", "val_interval", "eval_interval", "log_interval", "nproc_per_node", "prefetch",
+     "compile",
      "device", "out_dir", "ema.snapshot_every", "ema.output_sigma_rel"}
 )
 # Code whose change changes the numbers: part of the run key.
@@ -235,6 +236,44 @@ def objective_inputs(batch: Batch, noise: StepNoise) -> tuple[torch.Tensor, ...]
     return (
         batch.latent_mean, batch.latent_std, noise.latent, batch.clip_features, batch.sync_features,
         batch.text_features, noise.t, noise.x0, noise.drop_video | ~batch.video_exist, noise.drop_text,
+    )
+
+
+def optimizer_step(
+    model: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    *,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    parameters: list[torch.Tensor],
+    grad_clip: float,
+    ema: PowerEMA | None,
+    amp: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training step: the mean loss of the rank's rows, backward (DDP averages the gradients
+    across ranks), global grad-norm clipping, AdamW, the lr schedule and the EMA update.
+
+    Returns (loss, grad_norm) as 0-dim device tensors: nothing here waits for the GPU, so the host
+    runs ahead and queues the next step's work (bench/train_step.py times exactly this function).
+    """
+    device_type = inputs[0].device.type
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
+        loss = model(*inputs).mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(parameters, grad_clip, foreach=True)
+    optimizer.step()
+    scheduler.step()
+    if ema is not None:
+        ema.update()
+    return loss.detach(), grad_norm.detach()
+
+
+def build_optimizer(parameters: list[torch.Tensor], cfg: TrainConfig, amp: bool, device: torch.device) -> torch.optim.AdamW:
+    """AdamW as upstream configures it (betas 0.9/0.95, eps 1e-6 under bf16), fused on GPU."""
+    return torch.optim.AdamW(
+        parameters, lr=cfg.learning_rate, betas=(0.9, 0.95), eps=1e-6 if amp else 1e-8,
+        weight_decay=cfg.weight_decay, fused=device.type == "cuda",
     )
 
 
@@ -398,6 +437,8 @@ def train(params: Params, ctx: DistContext | None = None, *, halt_after_step: in
         run.set_tags(notes)
 
         net.to(ctx.device)
+        if ctx.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes every step: let cuDNN pick its fastest kernels
         objective = FlowObjective(net)
         model: nn.Module = objective
         if ctx.world_size > 1:
@@ -407,16 +448,18 @@ def train(params: Params, ctx: DistContext | None = None, *, halt_after_step: in
         if cfg.compile:
             model = torch.compile(model)
 
-        optimizer = torch.optim.AdamW(
-            [p for _, p in trainable], lr=cfg.learning_rate, betas=(0.9, 0.95), eps=1e-6 if amp else 1e-8,
-            weight_decay=cfg.weight_decay, fused=ctx.device.type == "cuda",
-        )
+        optimizer = build_optimizer([p for _, p in trainable], cfg, amp, ctx.device)
         scheduler = build_scheduler(optimizer, cfg)
         ema = PowerEMA(trainable, cfg.ema.sigma_rels) if ctx.rank == 0 else None
         sampler = None
         if ctx.rank == 0:
             sampler = AudioSampler(params, val if val is not None else sources[0].features, cfg.num_audio_samples,
                                    ctx.device, run)
+        evaluation = None
+        if cfg.eval_interval > 0:
+            from mmaudio.evaluation.evaluate import TrainingEvaluation  # sampling/scoring code only when asked
+
+            evaluation = TrainingEvaluation(params, run, ctx)
         gen = torch.Generator(ctx.device).manual_seed(cfg.seed)  # the same stream on every rank
         torch.manual_seed(rank_seed(cfg.seed, ctx.rank))
 
@@ -481,24 +524,20 @@ def train(params: Params, ctx: DistContext | None = None, *, halt_after_step: in
         window_grad = torch.tensor(window["grad"], dtype=torch.float32, device=ctx.device)
         window_steps, window_start = int(window["steps"]), time.perf_counter()
         last_loss = math.nan
+        parameters = [p for _, p in trainable]
         objective.train()
         while step < cfg.num_iterations:
             batch = loader.next()
             noise = draw_step_noise(gen, cfg.global_batch_size, latent_shape, cfg, ctx.device)
             part = rank_slice(cfg.global_batch_size, per_rank, ctx.rank)
             lr = optimizer.param_groups[0]["lr"]
-            with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=amp):
-                loss = model(*objective_inputs(batch, noise.rows(part))).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_([p for _, p in trainable], cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            if ema is not None:
-                ema.update()
+            loss, grad_norm = optimizer_step(
+                model, objective_inputs(batch, noise.rows(part)), optimizer=optimizer, scheduler=scheduler,
+                parameters=parameters, grad_clip=cfg.grad_clip, ema=ema, amp=amp,
+            )
             step += 1
-            window_loss += loss.detach()
-            window_grad += grad_norm.detach()
+            window_loss += loss
+            window_grad += grad_norm
             window_steps += 1
             final = step == cfg.num_iterations
 
@@ -531,6 +570,8 @@ def train(params: Params, ctx: DistContext | None = None, *, halt_after_step: in
                 log.info("step %d val_loss %.4f", step, val_loss)
             if sampler is not None and (step % cfg.val_interval == 0 or final):
                 sampler(net, step)  # its own generator: the training stream is untouched
+            if evaluation is not None and (step % cfg.eval_interval == 0 or final):
+                evaluation(net, step)  # every rank samples its shard; rank 0 scores and logs eval/<metric>
 
             if ema is not None and (step % cfg.ema.snapshot_every == 0 or final):
                 ema.snapshot(ema_dir)
