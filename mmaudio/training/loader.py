@@ -8,10 +8,22 @@ generator seeded by (seed, epoch). A step takes the next ``global_batch_size`` r
 process would read. Everything a batch holds is a function of (seed, epoch, step): the loader's
 position is all a checkpoint needs to resume it exactly, for any number of processes.
 
-Rows are fetched with one indexing call per feature set and key (no per-sample collation). Audio-only
-rows carry zero CLIP/sync features and ``video_exist = False``; the training step swaps in the
-network's learned empty features for them. With ``prefetch`` > 0 a background thread reads that
-many batches ahead (into pinned memory on GPU, so the copy to the device overlaps the step).
+Rows are copied from the memmaps straight into the batch's buffers, once (no per-sample collation):
+a batch drawn from one feature set is one ``index_select`` per key; a mixed batch copies row by row
+in ascending row order. Audio-only rows carry zero CLIP/sync features and ``video_exist = False``;
+the training step swaps in the network's learned empty features for them.
+
+To a GPU, batches travel in the storage dtype of the feature sets (bf16 storage halves the bytes
+read, copied and sent) and become float32 there; on CPU they are cast while being copied. The step
+always sees float32, and bf16 -> float32 is exact, so every route gives identical numbers.
+
+With ``prefetch`` > 0, ``workers`` background threads (1 or 2 are enough; the copies and the page-cache
+reads release the GIL) read different batches ahead: worker j reads positions j, j + W, j + 2W, ...
+and the loop takes them in order, so the batch sequence does not depend on W. On GPU a worker reads
+into pinned memory and sends the batch to the device on its own CUDA stream; the training stream
+only waits for that copy's event, so neither the read nor the transfer sits in the step. The price is
+GPU memory for about ``prefetch + workers`` batches in the storage dtype (256 rows of 16 kHz video
+features: 0.31 GB float32, 0.15 GB bf16).
 """
 
 from __future__ import annotations
@@ -24,7 +36,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from mmaudio.features import CLIP_SHAPE, LATENT_SHAPES, SYNC_SHAPE, TEXT_SHAPE, FeatureSet
+from mmaudio.features import CLIP_SHAPE, LATENT_SHAPES, STORAGE_DTYPES, SYNC_SHAPE, TEXT_SHAPE, FeatureSet
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +56,8 @@ class TrainSource:
 
 @dataclass
 class Batch:
-    """Rows of one process, float32 features; the batch axis comes first everywhere."""
+    """Rows of one process; the batch axis comes first everywhere. The loader hands out float32
+    features; inside the loader a batch may still be in the storage dtype (see ``float``)."""
 
     latent_mean: torch.Tensor  # (b, N, C) VAE posterior mean
     latent_std: torch.Tensor  # (b, N, C) VAE posterior std
@@ -62,35 +75,80 @@ class Batch:
     def pin_memory(self) -> "Batch":
         return Batch(**{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
 
+    def float(self) -> "Batch":
+        """Features as float32 (no copy when they already are); ``video_exist`` stays bool."""
+        return Batch(**{f.name: _as_float32(getattr(self, f.name)) for f in fields(self)})
 
-def read_rows(sources: Sequence[TrainSource], source_idx: torch.Tensor, row_idx: torch.Tensor, mode: str) -> Batch:
-    """Rows ``row_idx[i]`` of ``sources[source_idx[i]]``, in that order, as one batch."""
+
+def _as_float32(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.is_floating_point() else t
+
+
+# Batch field <- feature-set key; audio-only sets have no clip/sync keys
+FIELD_KEYS: dict[str, str] = {
+    "latent_mean": "mean",
+    "latent_std": "std",
+    "text_features": "text_features",
+    "clip_features": "clip_features",
+    "sync_features": "sync_features",
+}
+VIDEO_FIELDS = ("clip_features", "sync_features")
+
+
+def wire_dtype(sources: Sequence[TrainSource]) -> torch.dtype:
+    """The dtype batches travel in: the sets' common storage dtype, float32 when they differ."""
+    dtypes = {STORAGE_DTYPES[s.features.storage_dtype] for s in sources}
+    return dtypes.pop() if len(dtypes) == 1 else torch.float32
+
+
+def _copy_rows(src: torch.Tensor, rows: torch.Tensor, dest: torch.Tensor, pos: torch.Tensor) -> None:
+    """dest[pos[i]] = src[rows[i]], reading each row from the memmap once."""
+    if pos.numel() == dest.shape[0] and src.dtype == dest.dtype:
+        # the whole batch comes from this set (pos is then 0..b-1): one call, straight into dest
+        torch.index_select(src, 0, rows, out=dest)
+        return
+    order = rows.argsort()  # ascending rows read the memmap front to back
+    for p, r in zip(pos[order].tolist(), rows[order].tolist()):
+        dest.select(0, p).copy_(src.select(0, r))  # casts when the sets' storage dtypes differ
+
+
+def read_rows(
+    sources: Sequence[TrainSource],
+    source_idx: torch.Tensor,
+    row_idx: torch.Tensor,
+    mode: str,
+    *,
+    dtype: torch.dtype = torch.float32,
+    pin_memory: bool = False,
+) -> Batch:
+    """Rows ``row_idx[i]`` of ``sources[source_idx[i]]``, in that order, as one batch of ``dtype``
+    (in pinned memory if asked, ready for an asynchronous copy to the GPU)."""
     b = int(source_idx.numel())
     latent_shape = LATENT_SHAPES[mode]
-    out = Batch(
-        latent_mean=torch.empty(b, *latent_shape),
-        latent_std=torch.empty(b, *latent_shape),
-        clip_features=torch.zeros(b, *CLIP_SHAPE),
-        sync_features=torch.zeros(b, *SYNC_SHAPE),
-        text_features=torch.empty(b, *TEXT_SHAPE),
-        video_exist=torch.zeros(b, dtype=torch.bool),
-    )
+    shapes = {"latent_mean": latent_shape, "latent_std": latent_shape, "clip_features": CLIP_SHAPE,
+              "sync_features": SYNC_SHAPE, "text_features": TEXT_SHAPE}
+    # empty, not zeros: every row is written below, audio rows' video features by index_fill_
+    out = {name: torch.empty((b, *shape), dtype=dtype, pin_memory=pin_memory) for name, shape in shapes.items()}
+    video_exist = torch.zeros(b, dtype=torch.bool, pin_memory=pin_memory)
+    audio_pos = []
     for i, src in enumerate(sources):
         pos = (source_idx == i).nonzero().flatten()
         if pos.numel() == 0:
             continue
         rows = row_idx[pos]
-        order = rows.argsort()  # ascending rows read the memmap front to back
-        pos, rows = pos[order], rows[order]
-        data = src.features.rows(rows)
-        out.latent_mean[pos] = data["mean"]
-        out.latent_std[pos] = data["std"]
-        out.text_features[pos] = data["text_features"]
+        for name, key in FIELD_KEYS.items():
+            if name in VIDEO_FIELDS and not src.is_video:
+                continue
+            _copy_rows(src.features.td[key], rows, out[name], pos)
         if src.is_video:
-            out.clip_features[pos] = data["clip_features"]
-            out.sync_features[pos] = data["sync_features"]
-            out.video_exist[pos] = True
-    return out
+            video_exist[pos] = True
+        else:
+            audio_pos.append(pos)
+    if audio_pos:
+        pos = torch.cat(audio_pos)
+        for name in VIDEO_FIELDS:
+            out[name].index_fill_(0, pos, 0)
+    return Batch(**out, video_exist=video_exist)
 
 
 def rank_slice(batch_rows: int, per_rank: int, rank: int) -> slice:
@@ -118,18 +176,24 @@ class TrainLoader:
         seed: int,
         device: torch.device,
         prefetch: int = 0,
+        workers: int = 2,
     ):
         if not sources:
             raise ValueError("no training feature sets (train.datasets is empty)")
         if global_batch_size % world_size:
             raise ValueError(f"global batch {global_batch_size} is not divisible by {world_size} processes")
+        if prefetch > 0 and workers < 1:
+            raise ValueError(f"prefetch {prefetch} needs at least one worker thread, got workers={workers}")
         self.sources = list(sources)
         self.mode = mode
         self.global_batch_size = global_batch_size
         self.per_rank = global_batch_size // world_size
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.device = device
-        self.prefetch = prefetch
+        self.prefetch, self.workers = prefetch, workers
+        # to a GPU batches travel in the storage dtype and are cast there; on CPU the worker threads
+        # cast while they copy, which keeps the conversion off the training loop's thread
+        self.wire_dtype = wire_dtype(self.sources) if device.type == "cuda" else torch.float32
         # virtual row v of an epoch -> (source, row): source i owns [offset_i, offset_i + repeat_i * n_i)
         sizes = [len(s.features) for s in self.sources]
         spans = [s.repeat * n for s, n in zip(self.sources, sizes)]
@@ -146,17 +210,20 @@ class TrainLoader:
             )
         self.epoch, self.step_in_epoch = 0, 0
         self._perm_epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
-        self._queue: queue.Queue | None = None
+        self._perm_lock = threading.Lock()  # workers of different epochs share the cached permutation
+        self._queues: list[queue.Queue] = []
         self._stop: threading.Event | None = None
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        self._taken = 0  # batches taken from the workers since they started
 
     # -- positions and rows ---------------------------------------------------------------------
 
     def permutation(self, epoch: int) -> torch.Tensor:
-        if epoch != self._perm_epoch:
-            self._perm = torch.randperm(self.num_rows, generator=epoch_generator(self.seed, epoch))
-            self._perm_epoch = epoch
-        return self._perm
+        with self._perm_lock:
+            if epoch != self._perm_epoch:
+                self._perm = torch.randperm(self.num_rows, generator=epoch_generator(self.seed, epoch))
+                self._perm_epoch = epoch
+            return self._perm
 
     def locate(self, virtual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Virtual rows of an epoch -> (source index, row in that source)."""
@@ -169,11 +236,11 @@ class TrainLoader:
         lo = step * self.global_batch_size
         return self.locate(self.permutation(epoch)[lo : lo + self.global_batch_size])
 
-    def read(self, epoch: int, step: int) -> Batch:
+    def read(self, epoch: int, step: int, *, dtype: torch.dtype = torch.float32, pin_memory: bool = False) -> Batch:
         """This rank's rows of the global batch at (epoch, step), on CPU."""
         source, row = self.global_rows(epoch, step)
         part = rank_slice(self.global_batch_size, self.per_rank, self.rank)
-        return read_rows(self.sources, source[part], row[part], self.mode)
+        return read_rows(self.sources, source[part], row[part], self.mode, dtype=dtype, pin_memory=pin_memory)
 
     def _advance(self, epoch: int, step: int) -> tuple[int, int]:
         step += 1
@@ -182,26 +249,38 @@ class TrainLoader:
     # -- iteration ------------------------------------------------------------------------------
 
     def next(self) -> Batch:
-        """The batch at the current position, on the device; then move the position on."""
+        """The batch at the current position, on the device as float32; then move the position on."""
         if self.prefetch > 0:
-            if self._thread is None:
-                self._start_prefetch()
-            item = self._queue.get()
+            if not self._threads:
+                self._start_workers()
+            item = self._queues[self._taken % len(self._queues)].get()
+            self._taken += 1
             if isinstance(item, BaseException):
-                raise RuntimeError("the batch prefetch thread failed") from item
-            batch = item.to(self.device, non_blocking=True)
+                raise RuntimeError("a batch prefetch thread failed") from item
+            batch, copied = item
+            if copied is not None:  # the worker's copy to the GPU: order the step after it
+                stream = torch.cuda.current_stream(self.device)
+                stream.wait_event(copied)
+                for f in fields(batch):
+                    getattr(batch, f.name).record_stream(stream)  # memory from the worker's stream, used here
+            batch = batch.float()
         else:
-            batch = self.read(self.epoch, self.step_in_epoch).to(self.device)
+            batch = self.read(self.epoch, self.step_in_epoch, dtype=self.wire_dtype).to(self.device).float()
         self.epoch, self.step_in_epoch = self._advance(self.epoch, self.step_in_epoch)
         return batch
 
-    def _start_prefetch(self) -> None:
-        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+    def _start_workers(self) -> None:
+        n = self.workers
+        depth = -(-self.prefetch // n)  # ceil: about `prefetch` batches wait in all the queues together
+        queues = [queue.Queue(maxsize=depth) for _ in range(n)]
         stop = threading.Event()
-        start = (self.epoch, self.step_in_epoch)
-        pin = self.device.type == "cuda"
+        start = self.epoch * self.steps_per_epoch + self.step_in_epoch  # global position of the next batch
+        cuda = self.device.type == "cuda"
+        gpu = None
+        if cuda:  # threads start on GPU 0: name the rank's GPU explicitly
+            gpu = torch.device("cuda", torch.cuda.current_device() if self.device.index is None else self.device.index)
 
-        def put(item) -> bool:
+        def put(q: queue.Queue, item) -> bool:
             while not stop.is_set():
                 try:
                     q.put(item, timeout=0.1)
@@ -210,27 +289,41 @@ class TrainLoader:
                     continue
             return False
 
-        def work() -> None:
-            epoch, step = start
+        def work(j: int) -> None:
+            q = queues[j]
             try:
+                if cuda:
+                    torch.cuda.set_device(gpu)  # pinned buffers and copies belong to the rank's GPU
+                    stream = torch.cuda.Stream(gpu)
+                position = start + j
                 while not stop.is_set():
-                    batch = self.read(epoch, step)
-                    if not put(batch.pin_memory() if pin else batch):
+                    epoch, step = divmod(position, self.steps_per_epoch)
+                    batch = self.read(epoch, step, dtype=self.wire_dtype, pin_memory=cuda)
+                    copied = None
+                    if cuda:
+                        with torch.cuda.stream(stream):
+                            batch = batch.to(gpu, non_blocking=True)  # the pinned buffer is reused only after this copy
+                            copied = torch.cuda.Event()
+                            copied.record(stream)
+                    if not put(q, (batch, copied)):
                         return
-                    epoch, step = self._advance(epoch, step)
+                    position += n
             except BaseException as e:  # handed to the training loop, which raises it
-                put(e)
+                put(q, e)
 
-        self._queue, self._stop = q, stop
-        self._thread = threading.Thread(target=work, name="batch-prefetch", daemon=True)
-        self._thread.start()
+        self._queues, self._stop, self._taken = queues, stop, 0
+        self._threads = [threading.Thread(target=work, args=(j,), name=f"batch-prefetch-{j}", daemon=True)
+                         for j in range(n)]
+        for t in self._threads:
+            t.start()
 
     def close(self) -> None:
-        """Stop the prefetch thread (the position is kept)."""
-        if self._thread is not None:
+        """Stop the prefetch threads and drop what they read ahead (the position is kept)."""
+        if self._stop is not None:
             self._stop.set()
-            self._thread.join()
-        self._queue = self._stop = self._thread = None
+        for t in self._threads:
+            t.join()
+        self._queues, self._stop, self._threads, self._taken = [], None, [], 0
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_batch_size": self.global_batch_size,

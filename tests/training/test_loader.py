@@ -1,5 +1,5 @@
 """The batched memmap loader: disjoint rank slices, oversampling, exact positions, audio-only rows,
-the prefetch thread, and the latent statistics."""
+the prefetch threads, bf16 storage, and the latent statistics."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from dataclasses import fields
 import pytest
 import torch
 
-from mmaudio.features import FeatureSet
-from mmaudio.training.loader import Batch, TrainLoader, TrainSource, latent_stats, val_batches
+from mmaudio.features import FeatureSet, write_feature_set
+from mmaudio.training.loader import Batch, TrainLoader, TrainSource, latent_stats, val_batches, wire_dtype
 
 CPU = torch.device("cpu")
 
@@ -23,9 +23,22 @@ def sources(feature_root) -> list[TrainSource]:
     ]
 
 
-def _loader(sources, rank=0, world=1, batch=8, prefetch=0) -> TrainLoader:
+@pytest.fixture(scope="module")
+def bf16_sources(tmp_path_factory, sources) -> list[TrainSource]:
+    """The same sets stored as bfloat16."""
+    root = tmp_path_factory.mktemp("bf16")
+    out = []
+    for s in sources:
+        fs = s.features
+        write_feature_set(root / s.name, mode="16k", kind=fs.kind, ids=fs.ids, texts=fs.texts,
+                          tensors={k: fs.td[k][:] for k in fs.td.keys()}, storage_dtype="bfloat16")
+        out.append(TrainSource(s.name, FeatureSet.open(root / s.name), repeat=s.repeat))
+    return out
+
+
+def _loader(sources, rank=0, world=1, batch=8, prefetch=0, workers=2, device=CPU) -> TrainLoader:
     return TrainLoader(sources, mode="16k", global_batch_size=batch, rank=rank, world_size=world, seed=7,
-                       device=CPU, prefetch=prefetch)
+                       device=device, prefetch=prefetch, workers=workers)
 
 
 def _equal(a: Batch, b: Batch) -> bool:
@@ -89,6 +102,85 @@ def test_position_resumes_exactly_with_and_without_prefetch(sources):
     assert all(_equal(a, b) for a, b in zip(got, want))
     with pytest.raises(ValueError, match="global_batch_size"):
         _loader(sources, batch=4).load_state_dict(state)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_worker_threads_keep_the_batch_sequence(sources, workers):
+    straight, threaded = _loader(sources), _loader(sources, prefetch=2, workers=workers)
+    for _ in range(16):  # two epoch boundaries (7 steps an epoch)
+        assert _equal(threaded.next(), straight.next())
+    threaded.close()
+    assert threaded.state_dict() == straight.state_dict()
+
+
+def test_one_set_batches_match_row_by_row_reads(sources):
+    loader = _loader(sources[:1])  # the whole batch from one set: one index_select per key
+    for step in range(3):
+        _, rows = loader.global_rows(0, step)
+        batch = loader.read(0, step)
+        want = sources[0].features.rows(rows)
+        assert torch.equal(batch.clip_features, want["clip_features"]) and torch.equal(batch.latent_std, want["std"])
+        assert batch.video_exist.all()
+
+
+def test_bf16_storage_delivers_float32_of_the_stored_values(sources, bf16_sources):
+    assert wire_dtype(bf16_sources) == torch.bfloat16 and wire_dtype(sources) == torch.float32
+    assert wire_dtype([sources[0], bf16_sources[1]]) == torch.float32  # mixed storage travels as float32
+    f32, bf16 = _loader(sources), _loader(bf16_sources, prefetch=2)
+    for _ in range(9):
+        a, b = f32.next(), bf16.next()
+        for f in fields(Batch):
+            x, y = getattr(a, f.name), getattr(b, f.name)
+            assert y.dtype == x.dtype  # float32 features, bool video_exist
+            assert torch.equal(y, x.to(torch.bfloat16).to(x.dtype)) if x.is_floating_point() else torch.equal(x, y)
+    bf16.close()
+
+
+def test_mixed_storage_dtypes_in_one_batch(sources, bf16_sources):
+    ref, mixed = _loader(sources), _loader([sources[0], bf16_sources[1]])
+    for _ in range(3):
+        a, b = ref.next(), mixed.next()
+        audio = ~a.video_exist
+        assert audio.any() and a.video_exist.any()
+        assert torch.equal(b.latent_mean[~audio], a.latent_mean[~audio])  # the float32 video set, as stored
+        assert torch.equal(b.text_features[audio], a.text_features[audio].to(torch.bfloat16).float())
+        assert not b.clip_features[audio].any() and torch.equal(b.clip_features[~audio], a.clip_features[~audio])
+
+
+def test_a_failing_read_surfaces_in_the_training_loop(sources, monkeypatch):
+    loader = _loader(sources, prefetch=2)
+    read = loader.read
+
+    def failing_read(epoch, step, **kw):
+        if step == 3:
+            raise OSError("disk gone")
+        return read(epoch, step, **kw)
+
+    monkeypatch.setattr(loader, "read", failing_read)
+    for _ in range(3):
+        loader.next()
+    with pytest.raises(RuntimeError, match="prefetch thread failed") as err:
+        loader.next()
+    assert isinstance(err.value.__cause__, OSError)
+    loader.close()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("prefetch,workers", [(0, 1), (2, 1), (2, 2)])
+def test_gpu_batches_equal_the_cpu_read(sources, bf16_sources, prefetch, workers):
+    """Pinned buffers, the workers' side streams and the cast on the device change no value."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    gpu = torch.device("cuda", 0)
+    for srcs in (sources, bf16_sources):
+        loader, ref = _loader(srcs, prefetch=prefetch, workers=workers, device=gpu), _loader(srcs)
+        assert loader.wire_dtype == wire_dtype(srcs)
+        for _ in range(9):
+            a, b = ref.next(), loader.next()
+            for f in fields(Batch):
+                x, y = getattr(a, f.name), getattr(b, f.name)
+                assert y.device == gpu and y.dtype == x.dtype and torch.equal(y.cpu(), x)
+        loader.close()
 
 
 def test_batch_larger_than_an_epoch_names_the_key(sources):
