@@ -228,6 +228,18 @@ class ClipBatch:
         return ClipBatch(self.indices, self.ids, self.texts, pin(self.audio), pin(self.clip_frames),
                          pin(self.sync_frames), self.rejects)
 
+    def to(self, device: torch.device, non_blocking: bool = False) -> "ClipBatch":
+        """The same batch with its tensors on ``device`` (uint8 frames travel as uint8: 4x fewer bytes
+        than float; the encoders convert and normalise them on the device)."""
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device, non_blocking=non_blocking)
+
+        return ClipBatch(self.indices, self.ids, self.texts, move(self.audio), move(self.clip_frames),
+                         move(self.sync_frames), self.rejects)
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for t in (self.audio, self.clip_frames, self.sync_frames) if t is not None]
+
 
 def collate_clips(items: Sequence[Decoded | Rejected]) -> ClipBatch:
     """Stack the decoded clips of a batch; rejects travel alongside (a batch may be all rejects)."""
@@ -249,4 +261,30 @@ def collate_clips(items: Sequence[Decoded | Rejected]) -> ClipBatch:
         clip_frames=stack("clip_frames"),
         sync_frames=stack("sync_frames"),
         rejects=rejects,
+    )
+
+
+def merge_batches(parts: Sequence[ClipBatch], *, pin_memory: bool = False) -> ClipBatch:
+    """One batch from consecutive partial batches (e.g. single clips decoded by different workers),
+    in order. With ``pin_memory`` the stacked tensors are written straight into page-locked memory,
+    so the host-to-device copy can run asynchronously; that is one copy of the frames, where
+    stacking and then pinning would be two."""
+    ok = [p for p in parts if len(p)]
+
+    def cat(name: str) -> torch.Tensor | None:
+        ts = [getattr(p, name) for p in ok]
+        if not ts or ts[0] is None:
+            return None
+        out = torch.empty((sum(t.shape[0] for t in ts), *ts[0].shape[1:]), dtype=ts[0].dtype, pin_memory=pin_memory)
+        return torch.cat(ts, out=out)
+
+    audio = cat("audio")
+    return ClipBatch(
+        indices=[i for p in ok for i in p.indices],
+        ids=[i for p in ok for i in p.ids],
+        texts=[t for p in ok for t in p.texts],
+        audio=audio if audio is not None else torch.empty(0, 0),
+        clip_frames=cat("clip_frames"),
+        sync_frames=cat("sync_frames"),
+        rejects=[r for p in parts for r in p.rejects],
     )

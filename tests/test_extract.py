@@ -20,17 +20,32 @@ import pytest
 import torch
 import yaml
 
-from mmaudio.clip_sources import AudioClipDataset, ClipRow, Decoded, Rejected, VideoClipDataset, audio_rows
+from mmaudio.clip_sources import (
+    AudioClipDataset,
+    ClipBatch,
+    ClipRow,
+    Decoded,
+    Rejected,
+    VideoClipDataset,
+    audio_rows,
+    collate_clips,
+    merge_batches,
+)
 from mmaudio.config import AudioDatasetConfig, ConfigError, ExtractConfig, load_params
 from mmaudio.distributed import DistContext
 from mmaudio.encoders.facade import FeatureEncoders
 from mmaudio.encoders.tiny import write_tiny_weights
 from mmaudio.extraction import (
     AUDIO_SPECS,
+    DeviceBatches,
     ExtractResult,
+    Shard,
+    ShardManifest,
+    ShardSaver,
     ShardStore,
     audio_job,
     batches_of,
+    decode_plan,
     encoder_factory,
     encoder_weight_paths,
     plan_shards,
@@ -226,6 +241,125 @@ def test_extract_params_are_validated_naming_the_key(project):
     ]:
         with pytest.raises(ConfigError, match=message):
             _params(project, override)
+
+
+def test_amp_is_an_extract_setting_that_changes_the_fingerprint(project):
+    cpu = torch.device("cpu")
+    off = audio_job(_params(project), "audio", cpu).settings.fingerprint_settings
+    on = audio_job(_params(project, "extract.amp=true"), "audio", cpu).settings.fingerprint_settings
+    assert (off["amp"], on["amp"]) == (False, True)
+    assert {k for k in off if off[k] != on[k]} == {"amp"}
+    with pytest.raises(ConfigError, match="extract.amp"):
+        _params(project, "extract.amp=fast")
+
+
+# -- the pipeline: decode plan, batches from chunks, feeder thread, saver thread ---------------------
+
+
+def _clip(i: int, frames: int = 3) -> Decoded:
+    g = torch.Generator().manual_seed(i)
+    return Decoded(i, f"id{i}", f"text {i}", torch.rand(16, generator=g),
+                   torch.randint(0, 256, (frames, 3, 4, 4), dtype=torch.uint8, generator=g),
+                   torch.randint(0, 256, (frames + 1, 3, 2, 2), dtype=torch.uint8, generator=g))
+
+
+def _assert_same_batch(a: ClipBatch, b: ClipBatch) -> None:
+    assert (a.indices, a.ids, a.texts) == (b.indices, b.ids, b.texts)
+    assert [(r.index, r.id, r.reason) for r in a.rejects] == [(r.index, r.id, r.reason) for r in b.rejects]
+    for name in ("audio", "clip_frames", "sync_frames"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert (x is None and y is None) or (x.dtype == y.dtype and torch.equal(x, y)), name
+
+
+def test_decode_plan_gives_video_clips_to_separate_workers_and_audio_batches_to_one():
+    batches = [[0, 1, 2], [3, 4, 5], [6]]
+    assert decode_plan(batches, "video") == ([[0], [1], [2], [3], [4], [5], [6]], [3, 3, 1])
+    assert decode_plan(batches, "audio") == ([[0, 1, 2], [3, 4, 5], [6]], [1, 1, 1])
+
+
+def test_a_batch_merged_from_single_clips_equals_the_batch_collated_at_once():
+    items = [_clip(0), Rejected(1, "id1", "video too short"), _clip(2), Rejected(3, "id3", "no audio stream"), _clip(4)]
+    merged = merge_batches([collate_clips([x]) for x in items])
+    _assert_same_batch(merged, collate_clips(items))
+    assert merged.clip_frames.shape == (3, 3, 3, 4, 4) and merged.clip_frames.dtype == torch.uint8
+    # chunks of several clips (audio) merge the same way; a batch of rejects only has no tensors
+    _assert_same_batch(merge_batches([collate_clips(items[:2]), collate_clips(items[2:])]), collate_clips(items))
+    empty = merge_batches([collate_clips(items[1:2]), collate_clips(items[3:4])])
+    assert len(empty) == 0 and empty.audio.shape == (0, 0) and empty.clip_frames is None
+    assert [r.id for r in empty.rejects] == ["id1", "id3"]
+
+
+def test_device_batches_come_in_plan_order_and_raise_the_loaders_error():
+    items = [_clip(i) for i in range(5)]
+    chunks = iter([collate_clips([x]) for x in items])
+    with DeviceBatches(chunks, [2, 2, 1], torch.device("cpu")) as batches:
+        got = list(batches)
+    assert [b.indices for b in got] == [[0, 1], [2, 3], [4]]
+    _assert_same_batch(got[1], collate_clips(items[2:4]))
+
+    def failing():
+        yield collate_clips(items[:1])
+        raise RuntimeError("decoder exploded on row 1")
+
+    with DeviceBatches(failing(), [1, 1], torch.device("cpu")) as batches:
+        assert next(batches).indices == [0]
+        with pytest.raises(RuntimeError, match="decoder exploded on row 1"):
+            next(batches)
+
+
+def test_device_batches_close_stops_a_feeder_that_is_ahead():
+    chunks = (collate_clips([_clip(i)]) for i in range(100))
+    batches = DeviceBatches(chunks, [1] * 100, torch.device("cpu"), depth=1)
+    assert next(batches).indices == [0]
+    batches.close()  # the thread is blocked on the full queue; close must not hang
+    assert not batches._thread.is_alive()
+
+
+def test_shard_saver_writes_in_the_background_and_raises_a_failed_save(tmp_path):
+    store = ShardStore(tmp_path / "work")
+    saver = ShardSaver(store)
+    parts = [{"x": torch.arange(6.0).view(2, 3)}, {"x": torch.arange(6.0, 9.0).view(1, 3)}]
+    saver.submit(Shard(0, 0, 3), ShardManifest(0, "fp", ["a", "b", "c"], ["", "", ""], [], 0), parts, None, {})
+    saver.finish()
+    assert torch.equal(store.tensors(Shard(0, 0, 3))["x"], torch.arange(9.0).view(3, 3))
+    assert store.manifest(Shard(0, 0, 3), "fp").ids == ["a", "b", "c"]
+
+    blocked = ShardStore(tmp_path / "a_file")
+    (tmp_path / "a_file").write_text("not a folder")
+    bad = ShardSaver(blocked)
+    bad.submit(Shard(1, 3, 4), ShardManifest(1, "fp", ["d"], [""], [], 0), parts[1:], None, {})
+    with pytest.raises(OSError):
+        bad.finish()
+    saver.close()
+    bad.close()
+
+
+def test_bf16_autocast_keeps_video_features_within_bf16_tolerance(project):
+    g = torch.Generator().manual_seed(0)
+    clip_frames = torch.randint(0, 256, (2, 64, 3, 384, 384), dtype=torch.uint8, generator=g)
+    sync_frames = torch.randint(0, 256, (2, 24, 3, 224, 224), dtype=torch.uint8, generator=g)
+    out = {}
+    torch.set_num_threads(1)
+    try:
+        for amp in (False, True):
+            enc = FeatureEncoders("tiny", "16k", root=project, components=("clip", "sync"), amp=amp)
+            out[amp] = (enc.encode_clip(clip_frames), enc.encode_sync(sync_frames))
+    finally:
+        torch.set_num_threads(2)
+    for ref, amp in zip(out[False], out[True]):
+        assert amp.dtype == torch.float32 and amp.shape == ref.shape
+        assert not torch.equal(amp, ref)  # bf16 arithmetic did happen
+        rel = float((amp - ref).abs().max() / ref.abs().max())
+        assert rel < 0.05, rel
+        cos = torch.nn.functional.cosine_similarity(amp, ref, dim=-1)
+        assert float(cos.min()) > 0.995
+
+
+@pytest.mark.slow  # ~20 s: four video decodes on two shared cores
+def test_video_clips_decoded_by_several_workers_give_the_one_process_result(project, monkeypatch):
+    one, _ = _run(project, "video", "two", "extract.out_dir=video_w0", monkeypatch=monkeypatch)
+    two, _ = _run(project, "video", "two", "extract.out_dir=video_w2", "extract.num_workers=2", monkeypatch=monkeypatch)
+    _assert_same(two, one)
 
 
 # -- contract --------------------------------------------------------------------------------------

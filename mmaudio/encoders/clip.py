@@ -366,7 +366,11 @@ class CLIPEncoder(nn.Module):
         """
         m = self.model
         cast_dtype = m.transformer.get_cast_dtype()
-        tokens = tokens.to(self.device)
+        if self.device.type == "cuda" and tokens.device.type == "cpu":
+            # A copy from pageable memory blocks the host until the GPU has finished all queued work;
+            # from page-locked memory it is queued like a kernel, so extraction never waits here.
+            tokens = tokens.pin_memory()
+        tokens = tokens.to(self.device, non_blocking=True)
         x = m.token_embedding(tokens).to(cast_dtype)  # (B, L, W)
         x = x + m.positional_embedding.to(cast_dtype)  # (B, L, W)
         x = m.transformer(x, attn_mask=m.attn_mask)  # causal: position i sees ids 0..i only

@@ -11,12 +11,18 @@ components not requested are never opened. Every method runs under ``torch.infer
 
 Outputs are in the encoders' ``dtype`` on their ``device``. The mel spectrogram is always computed in
 float32 (the STFT needs it); its result is cast to ``dtype`` for the VAE.
+
+``amp=True`` runs the CLIP image tower and Synchformer under bfloat16 autocast (matmuls, convolutions
+and attention in bf16, norms and softmax in float32): tensor-core bf16 rate on a GPU, and the features
+change within bf16 tolerance (relative differences of order 1e-2), so a feature set extracted with
+it is not bit-identical to a float32 one. Text, mel and VAE stay in ``dtype`` (they are cheap).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import torch
@@ -29,12 +35,17 @@ from mmaudio.encoders.profiles import COMPONENTS, check_weights, weight_paths
 from mmaudio.encoders.synchformer import SynchformerVisual, load_synchformer_visual
 from mmaudio.encoders.vae import AudioVAE, latent_to_mel, load_vae, waveform_to_latent
 
-__all__ = ["FeatureEncoders", "DEFAULT_COMPONENTS", "COMPONENTS", "weight_paths"]
+__all__ = ["FeatureEncoders", "DEFAULT_COMPONENTS", "COMPONENTS", "bf16_autocast", "weight_paths"]
 
 DEFAULT_COMPONENTS: tuple[str, ...] = ("audio", "clip", "sync", "text", "empty_string", "vocoder")
 # 8 s of audio per mode, the clip length features are extracted for (a multiple of the VAE's
 # 2 * hop samples per latent frame: 16k -> 250 frames, 44k -> 345)
 CLIP_SAMPLES: dict[str, int] = {"16k": 128_000, "44k": 353_280}
+
+
+def bf16_autocast(device: torch.device, enabled: bool) -> AbstractContextManager:
+    """bfloat16 autocast on ``device`` when ``enabled`` (the ``amp`` option of the video encoders)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 class FeatureEncoders:
@@ -43,6 +54,7 @@ class FeatureEncoders:
     ``root``: the repository root that the profile's folder (``ext_weights/``...) is relative to.
     ``clip_batch_size`` / ``sync_batch_size``: frames / segments per forward pass (None: all at once);
     each encode call may override them.
+    ``amp``: bfloat16 autocast for the CLIP image tower and Synchformer (see the module docstring).
     """
 
     def __init__(
@@ -56,6 +68,7 @@ class FeatureEncoders:
         components: Iterable[str] = DEFAULT_COMPONENTS,
         clip_batch_size: int | None = None,
         sync_batch_size: int | None = None,
+        amp: bool = False,
     ) -> None:
         self.profile = profiles.get_profile(profile)
         self.mode = profiles.check_mode(mode)
@@ -65,6 +78,7 @@ class FeatureEncoders:
         self.dtype = dtype
         self.clip_batch_size = clip_batch_size
         self.sync_batch_size = sync_batch_size
+        self.amp = amp
         self.files = check_weights(profile, mode, self.components, root=root)  # relpath -> location
 
         self.mel: MelConverter | None = None
@@ -104,7 +118,7 @@ class FeatureEncoders:
 
     def __repr__(self) -> str:
         return (f"FeatureEncoders(profile={self.profile.name!r}, mode={self.mode!r}, components={self.components}, "
-                f"device={self.device}, dtype={self.dtype})")
+                f"device={self.device}, dtype={self.dtype}, amp={self.amp})")
 
     @property
     def sample_rate(self) -> int:
@@ -152,13 +166,17 @@ class FeatureEncoders:
     def encode_clip(self, frames: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
         """(B, T, 3, 384, 384) uint8 or float in [0, 1] (8 fps: T = 64 for 8 s) -> (B, T, 1024)."""
         self._need("clip", self.clip if "clip" in self.components else None)
-        return self.clip.encode_image(frames, batch_size=batch_size or self.clip_batch_size)
+        with bf16_autocast(self.device, self.amp):
+            out = self.clip.encode_image(frames, batch_size=batch_size or self.clip_batch_size)
+        return out.to(self.dtype)
 
     @torch.inference_mode()
     def encode_sync(self, frames: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
         """(B, T, 3, 224, 224) uint8 or float in [0, 1] (25 fps: T = 200 for 8 s) -> (B, 192, 768)."""
         self._need("sync", self.synchformer)
-        return self.synchformer.encode_sync(frames, batch_size=batch_size or self.sync_batch_size)
+        with bf16_autocast(self.device, self.amp):
+            out = self.synchformer.encode_sync(frames, batch_size=batch_size or self.sync_batch_size)
+        return out.to(self.dtype)
 
     @torch.inference_mode()
     def encode_text(self, captions: Sequence[str]) -> torch.Tensor:
