@@ -84,8 +84,8 @@ class FrameSpec:
 
     name: str
     fps: float
-    size: int
-    resize: Literal["squash", "short_side_center_crop"]
+    size: int  # output side in pixels; ignored by "native"
+    resize: Literal["squash", "short_side_center_crop", "native"]  # native: frames as decoded (RGB)
 
     def num_frames(self, duration_sec: float) -> int:
         return int(self.fps * duration_sec)  # upstream: int(_CLIP_FPS * duration_sec)
@@ -93,6 +93,9 @@ class FrameSpec:
 
 CLIP_FRAMES = FrameSpec("clip", fps=8.0, size=384, resize="squash")
 SYNC_FRAMES = FrameSpec("sync", fps=25.0, size=224, resize="short_side_center_crop")
+# av-benchmark's ImageBind stream: 0.5 fps at the file's own size; the ImageBind extractor resizes and
+# crops them itself (torchvision on uint8, as av-benchmark), so the decoder must not resize first.
+IMAGEBIND_FRAMES = FrameSpec("imagebind", fps=0.5, size=0, resize="native")
 
 
 @dataclass
@@ -284,7 +287,10 @@ def load_audio(
 
 
 def _fit_frames(frames: torch.Tensor, spec: FrameSpec) -> torch.Tensor:
-    """(T, H, W, 3) uint8 -> (T, 3, size, size) uint8, bicubic with antialiasing (torchvision's path)."""
+    """(T, H, W, 3) uint8 -> (T, 3, size, size) uint8, bicubic with antialiasing (torchvision's path);
+    ``native``: (T, 3, H, W) uint8 unchanged."""
+    if spec.resize == "native":
+        return frames.permute(0, 3, 1, 2).contiguous()
     x = frames.permute(0, 3, 1, 2).float()  # (T, 3, H, W)
     h, w = x.shape[-2:]
     if spec.resize == "squash":
@@ -496,6 +502,7 @@ __all__ = [
     "AudioTrack",
     "CLIP_FRAMES",
     "FrameSpec",
+    "IMAGEBIND_FRAMES",
     "MediaError",
     "MAX_FRAME_PIXELS",
     "MAX_RESAMPLE_KERNEL",

@@ -7,9 +7,15 @@ Output folder (``evaluate.out_dir``)::
     gt/{id}.flac                the ground truth, cut as extraction cut it (first 8 s, mono, not normalised)
     scores.json                 DVC metrics: every score; the baseline's as baseline_<key>
 
-Official av-benchmark metrics need pretrained extractor files (:mod:`mmaudio.evaluation.resolver`);
-each metric whose file is absent is skipped with its reason logged and tagged on the MLflow run
-(``eval.skipped.<metric>``). The ``proxy_*`` metrics need no downloads and are always computed.
+Official av-benchmark metrics (fd_panns, fd_passt, fd_vgg, kl_panns, kl_passt, isc_panns = IS,
+isc_passt, ib_score, desync; :mod:`mmaudio.evaluation.official`) are computed by the extractors whose
+files are found in ``evaluate.extractor_dir`` (``evaluate.extractor_preset`` says which architecture
+they hold); each metric whose file is absent is skipped with its reason logged and tagged on the MLflow
+run (``eval.skipped.<metric>``). The ``proxy_*`` metrics need no downloads and are always computed.
+The baseline is scored by the same metrics (``baseline_<key>``).
+
+:class:`TrainingEvaluation` runs the same scoring on the validation set during training
+(``train.eval_interval``), logging ``eval/<key>`` metrics at the training step.
 """
 
 from __future__ import annotations
@@ -34,6 +40,13 @@ from mmaudio.evaluation.proxies import (
     proxy_onset_sync,
     read_event_times,
 )
+from mmaudio.evaluation.official import (
+    OFFICIAL_METRICS,
+    OfficialExtractors,
+    flac_roundtrip,
+    missing_reason,
+    stack_video_features,
+)
 from mmaudio.evaluation.resolver import MissingWeightError, resolve_weight
 from mmaudio.evaluation.sampling import (
     SamplingOptions,
@@ -44,7 +57,8 @@ from mmaudio.evaluation.sampling import (
     write_flac,
 )
 from mmaudio.features import FeatureSet
-from mmaudio.media import load_video_clip
+from mmaudio.model.network import MMAudioNetwork
+from mmaudio.media import FrameSpec, load_video_clip
 from mmaudio.hashing import dvc_hash
 from mmaudio.tracking import StageRun, relpath
 
@@ -55,48 +69,67 @@ CLIP_SECONDS = 8.0
 SCORES_JSON = "scores.json"
 CREPE_MODEL = "tiny"
 CREPE_HOP_SEC = 0.05  # 20 embeddings per second: 160 per 8 s clip, ample for a 32-dim covariance; keeps CPU cost low
-# official metric -> the extractor file it needs (av-benchmark's names)
-OFFICIAL_METRICS: dict[str, str] = {
-    "fd_panns": "Cnn14_16k_mAP=0.438.pth",
-    "kl_panns": "Cnn14_16k_mAP=0.438.pth",
-    "isc_panns": "Cnn14_16k_mAP=0.438.pth",
-    "fd_vgg": "vggish-10086976.pth",
-    "fd_passt": "passt-s-f128-p16-s10-ap.476-swa.pt",
-    "kl_passt": "passt-s-f128-p16-s10-ap.476-swa.pt",
-    "isc_passt": "passt-s-f128-p16-s10-ap.476-swa.pt",
-    "desync": "synchformer_state_dict.pth",
-    "ib_score": "imagebind_huge.pth",
-}
 
 
 def official_metric_status(ext_dir: str | os.PathLike) -> dict[str, str | None]:
-    """``{metric: None if its weights are present, else the reason it is skipped}``."""
+    """``{metric: None if its extractor file is present in ext_dir, else the reason it is skipped}``."""
     status: dict[str, str | None] = {}
     for metric, filename in OFFICIAL_METRICS.items():
         try:
             resolve_weight(filename, ext_dir=ext_dir)
+            status[metric] = None
         except MissingWeightError as e:
-            status[metric] = f"weights absent: {str(e).split('. ')[0]}"
-            continue
-        # The extractor modules exist (mmaudio.evaluation.extractors) but this stage does not run them yet.
-        status[metric] = f"weights present ({filename}) but the evaluate stage does not run this extractor yet"
+            status[metric] = missing_reason(e)
     return status
 
 
-def ground_truth_audio(params: Params, ids: list[str], sample_rate: int, num_samples: int) -> dict[str, torch.Tensor]:
-    """``{id: (num_samples,)}``: each video's first 8 s of audio, mono, at ``sample_rate``, not
-    normalised, exactly as extraction cut it for a val/test set."""
-    ds = params.video_datasets[params.evaluate.dataset]
+def extractor_dir(params: Params, root: Path) -> Path:
+    """``evaluate.extractor_dir``, a relative path taken from the repo root."""
+    path = Path(params.evaluate.extractor_dir)
+    return path if path.is_absolute() else root / path
+
+
+def _video_paths(params: Params, ids: list[str], dataset: str | None) -> dict[str, str]:
+    name = dataset or params.evaluate.dataset
+    if name not in params.video_datasets:
+        raise KeyError(f"'{name}' is not in video_datasets: evaluation needs a video set (its source clips)")
+    ds = params.video_datasets[name]
     paths = {r.id: r.path for r in video_rows(ds).rows}
     missing = [i for i in ids if i not in paths]
     if missing:
         raise KeyError(f"{ds.index_tsv}: no rows for feature ids {missing[:10]}")
+    return paths
+
+
+def ground_truth_audio(
+    params: Params, ids: list[str], sample_rate: int, num_samples: int, dataset: str | None = None
+) -> dict[str, torch.Tensor]:
+    """``{id: (num_samples,)}``: each video's first 8 s of audio, mono, at ``sample_rate``, not
+    normalised, exactly as extraction cut it for a val/test set (``dataset``, default evaluate.dataset)."""
+    paths = _video_paths(params, ids, dataset)
     out = {}
     for i in ids:
         clip = load_video_clip(paths[i], duration_sec=CLIP_SECONDS, specs=(), audio_rate=sample_rate,
                                audio_samples=num_samples)
         out[i] = clip.audio.float()
     return out
+
+
+def source_video_features(
+    params: Params, ids: list[str], extractors: OfficialExtractors, dataset: str | None = None
+) -> dict[str, torch.Tensor]:
+    """Video-side features (rows in ``ids`` order) of the source clips, for the present extractors that
+    need frames (DeSync: 25 fps 224 crop; IB-score: 0.5 fps native size), decoded one clip at a time so
+    that only features stay in memory."""
+    specs: tuple[FrameSpec, ...] = extractors.frame_specs
+    if not specs:
+        return {}
+    paths = _video_paths(params, ids, dataset)
+    per_clip = []
+    for i in ids:
+        clip = load_video_clip(paths[i], duration_sec=CLIP_SECONDS, specs=specs)
+        per_clip.append(extractors.video_features(clip.frames))
+    return stack_video_features(per_clip)
 
 
 def event_references(events_tsv: str | os.PathLike, ids: list[str]) -> dict[str, np.ndarray]:
@@ -136,6 +169,63 @@ def _json_value(v: float) -> float | None:
     return v if math.isfinite(v) else None  # JSON has no NaN; DVC shows null as missing
 
 
+class SetScorer:
+    """Scores generated audio for the rows of one video feature set; everything about the reference
+    side is computed once: the ground-truth audio, the known events, the extractors whose files are
+    present and their features of the ground truth and of the source videos.
+
+    ``dataset`` names the ``video_datasets`` entry of the rows' media (default ``evaluate.dataset``).
+    """
+
+    def __init__(
+        self,
+        params: Params,
+        features: FeatureSet,
+        *,
+        root: Path,
+        device: torch.device | str = "cpu",
+        dataset: str | None = None,
+    ) -> None:
+        from mmaudio.encoders.facade import FeatureEncoders
+
+        cfg = params.evaluate
+        self.crepe = cfg.crepe
+        self.batch_size = cfg.batch_size
+        self.encoders = FeatureEncoders(params.profile, features.mode, root=root, device=device,
+                                        components=("audio", "vocoder"))
+        self.sample_rate = self.encoders.sample_rate
+        self.ids = list(features.ids)
+        self.gt = ground_truth_audio(params, self.ids, self.sample_rate, self.encoders.clip_samples, dataset)
+        self.events = event_references(cfg.events_tsv, self.ids) if cfg.events_tsv else None
+        self.extractors = OfficialExtractors(extractor_dir(params, root), cfg.extractor_preset, device)
+        self.gt_features: dict[str, torch.Tensor] = {}
+        self.video_features: dict[str, torch.Tensor] = {}
+        if self.extractors:
+            # av-benchmark reads the FLAC files: score what they hold
+            self.gt_features = self.extractors.audio_features(
+                [flac_roundtrip(self.gt[i]) for i in self.ids], self.sample_rate, self.batch_size)
+            self.video_features = source_video_features(params, self.ids, self.extractors, dataset)
+
+    @property
+    def skipped_official(self) -> dict[str, str]:
+        """Official metrics whose extractor file is absent -> the reason (names the file and its source)."""
+        return self.extractors.skipped
+
+    def decode(self, latents: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return decode_waveforms(self.encoders, latents, self.batch_size)
+
+    def score(self, waves: Mapping[str, torch.Tensor]) -> tuple[dict[str, float], dict[str, str], dict[str, str]]:
+        """(scores, skipped proxies -> reason, notes on official metrics) of ``{id: (L,)}`` generated clips."""
+        scores, skipped = score_audio(waves, self.gt, self.sample_rate, events=self.events, crepe=self.crepe)
+        notes: dict[str, str] = {}
+        if self.extractors:
+            pred = self.extractors.audio_features([flac_roundtrip(waves[i]) for i in self.ids], self.sample_rate,
+                                                  self.batch_size)
+            official, notes = self.extractors.scores(pred, self.gt_features, self.video_features)
+            scores |= official
+        return scores, skipped, notes
+
+
 def evaluate(
     params: Params,
     ctx: DistContext | None = None,
@@ -159,8 +249,7 @@ def evaluate(
         run_id = (id_file.read_text().strip() or None) if id_file.is_file() else None
     out_dir = Path(cfg.out_dir)
     features = FeatureSet.open(Path(params.extract.out_dir) / cfg.dataset, mode=params.extract.mode)
-    options = SamplingOptions(solver=cfg.solver, num_steps=cfg.num_steps, cfg_strength=cfg.cfg_strength,
-                              seed=cfg.seed, batch_size=cfg.batch_size)
+    options = sampling_options(params)
     inputs = [weights, features.path] + ([cfg.events_tsv] if cfg.events_tsv else [])
     # MLflow params are write-once, and the train run already holds its own: a re-evaluation logging
     # data.in/data.out params into it would be refused, so content hashes go to (mutable) tags instead
@@ -174,9 +263,15 @@ def evaluate(
         if not ctx.is_main:
             barrier()
             return {}
-        scores = _score_and_write(params, features, latents, out_dir, run, root)
+        scores = _score_and_write(params, features, latents, out_dir, run, root, ctx.device)
         barrier()
     return scores
+
+
+def sampling_options(params: Params) -> SamplingOptions:
+    cfg = params.evaluate
+    return SamplingOptions(solver=cfg.solver, num_steps=cfg.num_steps, cfg_strength=cfg.cfg_strength,
+                           seed=cfg.seed, batch_size=cfg.batch_size)
 
 
 def _score_and_write(
@@ -186,37 +281,36 @@ def _score_and_write(
     out_dir: Path,
     run: StageRun,
     root: Path,
+    device: torch.device | str = "cpu",
 ) -> dict[str, float]:
-    from mmaudio.encoders.facade import FeatureEncoders
-
     cfg = params.evaluate
-    encoders = FeatureEncoders(params.profile, features.mode, root=root, components=("audio", "vocoder"))
-    rate = encoders.sample_rate
-    ids = list(features.ids)
-    gt = ground_truth_audio(params, ids, rate, encoders.clip_samples)
-    events = event_references(cfg.events_tsv, ids) if cfg.events_tsv else None
+    scorer = SetScorer(params, features, root=root, device=device)
+    rate, ids = scorer.sample_rate, scorer.ids
     for i in ids:
-        write_flac(out_dir / "gt" / f"{i}.flac", gt[i], rate)
+        write_flac(out_dir / "gt" / f"{i}.flac", scorer.gt[i], rate)
+    run.set_tags({f"eval.in.{relpath(p, root)}": dvc_hash(p) for p in scorer.extractors.paths.values()})
 
     scores: dict[str, float] = {}
     skipped: dict[str, str] = {}
+    notes: dict[str, str] = {}
     for prefix, lat in latents.items():
-        waves = decode_waveforms(encoders, lat, cfg.batch_size)
+        waves = scorer.decode(lat)
         folder = out_dir / f"{prefix}samples"
         for i in ids:
             write_flac(folder / f"{i}.flac", waves[i], rate)
-        s, k = score_audio(waves, gt, rate, events=events, crepe=cfg.crepe)
+        s, k, n = scorer.score(waves)
         scores |= {f"{prefix}{key}": v for key, v in s.items()}
         if not prefix:
             skipped |= k
+        notes |= {f"{prefix}{key}": v for key, v in n.items()}
         for i in ids[: cfg.num_logged_samples]:
             run.log_artifact(folder / f"{i}.flac", artifact_path=f"evaluate/{prefix}samples")
 
-    for metric, reason in official_metric_status(root / "ext_weights").items():
-        if reason is not None:
-            skipped[metric] = reason
+    skipped |= scorer.skipped_official
     for metric, reason in sorted(skipped.items()):
         log.info("skipped %s: %s", metric, reason)
+    for metric, note in sorted(notes.items()):
+        log.warning("%s: %s", metric, note)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     doc = {k: _json_value(v) for k, v in sorted(scores.items())}
@@ -226,8 +320,91 @@ def _score_and_write(
     run.log_metrics({(f"baseline.{k[len('baseline_'):]}" if k.startswith("baseline_") else k): v
                      for k, v in finite.items()})
     run.set_tags({f"eval.skipped.{m}": r for m, r in skipped.items()})
+    run.set_tags({f"eval.note.{m}": r for m, r in notes.items()})
     run.set_tags({"eval.dataset": cfg.dataset, "eval.solver": cfg.solver, "eval.num_steps": cfg.num_steps,
-                  "eval.seed": cfg.seed, "eval.rows": len(ids)})
+                  "eval.seed": cfg.seed, "eval.rows": len(ids), "eval.extractor_preset": cfg.extractor_preset})
     run.set_tags({f"eval.out.{relpath(out_dir / SCORES_JSON, root)}": dvc_hash(out_dir / SCORES_JSON)})
     log.info("scores: %s", json.dumps(doc))
     return scores
+
+
+# -- during training ---------------------------------------------------------------------------------
+
+
+TRAIN_METRIC_PREFIX = "eval/"
+
+
+class TrainingEvaluation:
+    """The evaluate stage's scores of the validation set, for use inside the training loop.
+
+    Samples ``dataset`` (default ``train.val_dataset``, a video feature set) with the network given at
+    each call, using ``evaluate.*`` sampling settings (solver, steps, CFG, seed, batch size) and the
+    same metrics (proxies; official ones whose extractor files are present), and logs every finite
+    score as ``eval/<key>`` at the training step. The reference side (ground truth, extractors, their
+    features) is built at the first call and reused; building it leaves the global RNG states as they
+    were, so the training stream does not depend on ``train.eval_interval``.
+
+    With a distributed ``ctx``, every rank must call it (sampling is sharded, rank 0 scores and logs);
+    with ``ctx=None`` it runs in the calling process alone (e.g. rank 0 with the EMA network).
+    """
+
+    def __init__(
+        self,
+        params: Params,
+        run: StageRun,
+        ctx: DistContext | None = None,
+        *,
+        dataset: str | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        name = dataset or params.train.val_dataset
+        if name is None:
+            raise ValueError("train.eval_interval > 0 needs train.val_dataset (a video feature set) to evaluate")
+        if name not in params.video_datasets:
+            raise ValueError(f"train.val_dataset '{name}' is not in video_datasets: evaluation needs source videos")
+        self.params, self.run, self.ctx, self.dataset = params, run, ctx, name
+        self.features = FeatureSet.open(Path(params.extract.out_dir) / name, mode=params.extract.mode)
+        self.options = sampling_options(params)
+        self.device = torch.device(device) if device is not None else (ctx.device if ctx else torch.device("cpu"))
+        self.scorer: SetScorer | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.ctx is None or self.ctx.is_main
+
+    def _scorer(self) -> SetScorer:
+        if self.scorer is None:
+            cuda = [self.device] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=cuda):
+                self.scorer = SetScorer(self.params, self.features, root=find_repo_root(), device=self.device,
+                                        dataset=self.dataset)
+            skipped = self.scorer.skipped_official
+            self.run.set_tags({f"train.eval.skipped.{m}": r for m, r in skipped.items()}
+                              | {"train.eval.dataset": self.dataset, "train.eval.rows": len(self.scorer.ids)})
+        return self.scorer
+
+    def __call__(self, net: MMAudioNetwork, step: int) -> dict[str, float]:
+        """Scores of ``net`` (unwrapped: no DDP / compile wrapper) at ``step``; {} on ranks other than 0."""
+        latents = sample_feature_set(net, self.features, self.options, self.ctx)
+        if not self.is_main:
+            return {}
+        scorer = self._scorer()
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            scores, _, notes = scorer.score(scorer.decode(latents))
+        finite = {f"{TRAIN_METRIC_PREFIX}{k}": v for k, v in scores.items() if math.isfinite(v)}
+        self.run.log_metrics(finite, step=step)
+        if notes:
+            self.run.set_tags({f"train.eval.note.{k}": v for k, v in notes.items()})
+        log.info("step %d eval: %s", step, json.dumps({k: round(v, 6) for k, v in sorted(finite.items())}))
+        return scores
+
+
+def evaluate_during_training(
+    net: MMAudioNetwork,
+    params: Params,
+    step: int,
+    run: StageRun,
+    ctx: DistContext | None = None,
+) -> dict[str, float]:
+    """One-off :class:`TrainingEvaluation` (rebuilds the reference side; keep an instance to reuse it)."""
+    return TrainingEvaluation(params, run, ctx)(net, step)

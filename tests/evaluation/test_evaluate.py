@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -15,18 +14,16 @@ import torch
 import yaml
 
 from mmaudio.config import validate
-from mmaudio.encoders.profiles import get_profile
-from mmaudio.encoders.tiny import write_tiny_weights
 from mmaudio.evaluation import evaluate as evaluate_mod
 from mmaudio.features import write_feature_set
 from mmaudio.media import decode_audio
 from mmaudio.model.network import NETWORK_PRESETS, build_network, save_network_weights
+from tests.evaluation.workspace import copy_tiny_decoders
 from tests.training.presets import MICRO
 
 REPO = Path(__file__).resolve().parents[2]
 IDS = ["clip_a", "clip_b"]
 RATE = 16000
-TINY_FILES = ("v1-16.pth", "best_netG.pt")  # the 16k VAE and vocoder: all that decoding needs
 
 
 def clicks(times: list[float], seed: int) -> torch.Tensor:
@@ -54,14 +51,7 @@ def ws(tmp_path, monkeypatch):
                        "events_tsv": "events.tsv", "out_dir": "eval", "num_logged_samples": 1}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     params = validate(raw)
-    tiny = tmp_path / get_profile("tiny").root
-    made = REPO / get_profile("tiny").root
-    if all((made / f).is_file() for f in TINY_FILES):  # the stage's files: same seed, same bytes, no rebuild
-        tiny.mkdir(parents=True)
-        for f in TINY_FILES:
-            shutil.copy(made / f, tiny / f)
-    else:
-        write_tiny_weights(tiny, seed=0)
+    copy_tiny_decoders(tmp_path)
     g = torch.Generator().manual_seed(0)
     write_feature_set(
         tmp_path / "features" / "syn_test", mode="16k", kind="video", ids=IDS, texts=["a", "b"],
@@ -78,7 +68,7 @@ def ws(tmp_path, monkeypatch):
                                          "clip_a\tflash_click\t9.0\n")
     gt = {"clip_a": clicks([1.0, 4.0], 1), "clip_b": clicks([2.0, 6.0], 2)}
     monkeypatch.setattr(evaluate_mod, "CREPE_HOP_SEC", 0.25)  # 64 CREPE frames per set: enough, and fast
-    monkeypatch.setattr(evaluate_mod, "ground_truth_audio", lambda p, ids, rate, n: {i: gt[i] for i in ids})
+    monkeypatch.setattr(evaluate_mod, "ground_truth_audio", lambda p, ids, rate, n, dataset=None: {i: gt[i] for i in ids})
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     return tmp_path, params
 
