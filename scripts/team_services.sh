@@ -14,9 +14,10 @@
 # MLFLOW_TRACKING_URI (and the S3 endpoint and dummy credentials that moto accepts) in your shell.
 #
 # Needs: Debian's postgresql (`apt-get install -y postgresql`), and the project's venv with the
-# `team` extra on PATH (`pip install -c requirements.lock -e '.[team]'`: mlflow, moto_server, boto3,
-# psycopg). As root, PostgreSQL runs as the `postgres` user (initdb refuses root), with its data in
-# a fresh /tmp/mmaudio-team-pg.* folder that user can reach.
+# `team` extra on PATH (mlflow, moto_server, boto3, psycopg:
+# `pip install -c requirements.lock -c requirements-team.lock -e '.[team]'`). As root, PostgreSQL
+# runs as the `postgres` user (initdb refuses root), with its data in a fresh /tmp/mmaudio-team-pg.*
+# folder that user can reach.
 #
 # Environment: TEAM_PG_PORT, TEAM_S3_PORT, TEAM_MLFLOW_PORT (default: a free port each);
 # PG_BIN (default: the newest /usr/lib/postgresql/*/bin); PYTHON (default: python on PATH).
@@ -101,8 +102,8 @@ start() {
     [[ ! -f $STATE/env ]] || die "$STATE/env exists: already started? ($0 purge $STATE first)"
     [[ ! -f $STATE/pgroot ]] || die "$STATE holds a stopped setup: $0 purge $STATE first"
     command -v mlflow >/dev/null || die "mlflow not on PATH: activate the project's venv"
-    command -v moto_server >/dev/null || die "moto_server not on PATH: pip install -c requirements.lock -e '.[team]'"
-    "$PYTHON" -c 'import boto3, psycopg' 2>/dev/null || die "$PYTHON lacks boto3/psycopg: pip install -c requirements.lock -e '.[team]'"
+    command -v moto_server >/dev/null || die "moto_server not on PATH: pip install -c requirements.lock -c requirements-team.lock -e '.[team]'"
+    "$PYTHON" -c 'import boto3, psycopg' 2>/dev/null || die "$PYTHON lacks boto3/psycopg: pip install -c requirements.lock -c requirements-team.lock -e '.[team]'"
     local bin pg_port s3_port mlflow_port pgroot password pg_uri s3_url
     bin=$(pg_bin)
     mkdir -p "$STATE"
@@ -203,5 +204,5 @@ case $cmd in
     stop) stop ;;
     purge) purge ;;
     status) status ;;
-    *) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

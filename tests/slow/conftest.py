@@ -4,7 +4,8 @@ ran once against them. The tests share that one `dvc repro`: it is the expensive
 stage dvc.yaml declares, now or later, runs in it.
 
 Prerequisites missing (Debian's postgresql, chromium, chromium-driver; the `team` extra) skip the
-tests with the install command, unless MMAUDIO_TEAM_TESTS_REQUIRED=1 (set by .ci/run), where they fail.
+tests with the install command, unless MMAUDIO_TEAM_TESTS_REQUIRED=1 (as in the command .ci/run
+prints), where they fail.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from tests.conftest import _COPY_IGNORE, REPO, run
 SCRIPT = REPO / "scripts" / "team_services.sh"
 REQUIRED_ENV = "MMAUDIO_TEAM_TESTS_REQUIRED"
 VENV_BIN = Path(sys.executable).parent
-INSTALL_HINT = "apt-get install -y postgresql chromium chromium-driver && pip install -c requirements.lock -e '.[team]'"
+INSTALL_HINT = "apt-get install -y postgresql chromium chromium-driver && pip install -c requirements.lock -c requirements-team.lock -e '.[team]'"
 
 
 def require(missing: list[str]) -> None:

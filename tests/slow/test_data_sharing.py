@@ -3,6 +3,7 @@ clone, and find nothing to recompute there."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -45,6 +46,7 @@ def test_push_then_pull_into_a_second_clone_leaves_nothing_to_recompute(team_ser
     # DVC's view of the outputs is the one dvc.lock records
     assert {**cached, **uncached} == {o["path"]: o["md5"] for entry in lock.values() for o in entry.get("outs", [])}
     assert cached
+    assert any(p.endswith("/checkpoints") for p in cached), "the training checkpoints travel through the remote"
 
     add_remote(team_repo.path, team_services)
     push = run(["dvc", "push"], team_repo.path)
@@ -67,14 +69,25 @@ def test_push_then_pull_into_a_second_clone_leaves_nothing_to_recompute(team_ser
     run(["git", "clone", "-q", str(team_repo.path), str(clone)], tmp_path)
     assert not any((clone / p).exists() for p in cached), "cached outputs must come from the remote, not from git"
     add_remote(clone, team_services)
-    run(["dvc", "pull"], clone)
+    pull = run(["dvc", "pull"], clone)
+    assert not re.search(r"fail|missing|not found", pull.stdout + pull.stderr, re.IGNORECASE), pull.stdout + pull.stderr
     for path, md5 in {**cached, **uncached}.items():  # the uncached ones came with git
         assert (clone / path).exists(), (
             f"{path} is neither in the remote nor in git: a `cache: false` output that git ignores never reaches a "
             "teammate, whose `dvc repro` then reruns its stage; commit it to git or let DVC cache it")
         assert dvc_hash(clone / path) == md5, path
 
-    status = run(["dvc", "status"], clone)
-    assert "Data and pipelines are up to date." in status.stdout, status.stdout
+    # nothing missing: DVC sees every output in the workspace and in the cache, and the cache and
+    # the remote hold the same objects
+    status = run(["dvc", "status", "--json"], clone)
+    assert json.loads(status.stdout) == {}, status.stdout
+    cloud = run(["dvc", "status", "--cloud", "--json"], clone)
+    assert json.loads(cloud.stdout) == {}, cloud.stdout
+    # nothing to do: every stage of dvc.lock is skipped, the training one included (its persistent
+    # checkpoints came from the remote like every other cached output)
     repro = run(["dvc", "repro"], clone)
     assert "Running stage" not in repro.stdout, repro.stdout
+    skipped = set(re.findall(r"Stage '([^']+)' didn't change, skipping", repro.stdout))
+    assert skipped == set(lock), (sorted(set(lock) - skipped), repro.stdout)
+    assert "Data and pipelines are up to date." in repro.stdout, repro.stdout
+    assert run(["git", "status", "--porcelain"], clone).stdout == "", "the pulled clone must stay clean"

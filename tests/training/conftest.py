@@ -122,3 +122,23 @@ def workspace(tmp_path, monkeypatch) -> Path:
     yield ws
     if "mlflow" in sys.modules:  # imported lazily by the tracking code; absent on GPU test machines
         sys.modules["mlflow"].set_tracking_uri(None)
+
+
+def assert_same_training(one, ckpt_dir: Path, weights: Path, ranks: int) -> None:
+    """A multi-process run (its checkpoint folder and exported weights) equals the single-process
+    TrainResult ``one``: same run key, same loss history, same weights, and the weights moved."""
+    from mmaudio.training.checkpoint import load_latest_checkpoint
+
+    assert ckpt_dir.name == one.checkpoint_dir.name  # same run key: the process layout is bookkeeping
+    ckpt = load_latest_checkpoint(ckpt_dir)[0]
+    assert ckpt["step"] == one.step and len(ckpt["ranks"]) == ranks
+    assert len(ckpt["history"]) == len(one.history) > 0
+    for (s1, l1, v1), (s2, l2, v2) in zip(one.history, ckpt["history"]):
+        assert s1 == s2 and l1 == pytest.approx(l2, rel=1e-4, nan_ok=True) and v1 == pytest.approx(v2, rel=1e-4, nan_ok=True)
+    a = torch.load(one.weights, weights_only=True)
+    b = torch.load(weights, weights_only=True)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+    moved = sum(float((a[k] - ckpt["model"][k]).abs().sum()) for k in a)
+    assert moved > 0  # the comparison is not between untrained networks

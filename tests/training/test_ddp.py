@@ -12,9 +12,8 @@ import pytest
 import torch
 import yaml
 
-from mmaudio.training.checkpoint import load_latest_checkpoint
 from mmaudio.training.train import train
-from tests.training.conftest import train_params, train_raw
+from tests.training.conftest import assert_same_training, train_params, train_raw
 
 DRIVER = Path(__file__).with_name("ddp_driver.py")
 
@@ -33,18 +32,7 @@ def test_two_processes_match_one(workspace, feature_root):
 
     two_dir = workspace / "two"
     two_ckpt_dir = next((two_dir / "checkpoints").iterdir())
-    assert two_ckpt_dir.name == one.checkpoint_dir.name  # same run key: the world size is bookkeeping
-    ckpt = load_latest_checkpoint(two_ckpt_dir)[0]
-    assert ckpt["step"] == 6 and len(ckpt["ranks"]) == 2
-    for (s1, l1, v1), (s2, l2, v2) in zip(one.history, ckpt["history"]):
-        assert s1 == s2 and l1 == pytest.approx(l2, rel=1e-4, nan_ok=True) and v1 == pytest.approx(v2, rel=1e-4, nan_ok=True)
-    a = torch.load(one.weights, weights_only=True)
-    b = torch.load(two_dir / "weights.pth", weights_only=True)
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
-    moved = sum(float((a[k] - ckpt["model"][k]).abs().sum()) for k in a)
-    assert moved > 0  # the comparison is not between untrained networks
+    assert_same_training(one, two_ckpt_dir, two_dir / "weights.pth", ranks=2)
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("mmaudio").experiment_id])
