@@ -91,6 +91,7 @@ class ExtractConfig:
     shard_size: int = 256  # rows per resumable unit of work (a finished shard survives a kill)
     device: str = "auto"  # auto (GPU if any) | cpu | cuda
     allow_tf32: bool = True  # TF32 matmuls/convolutions on GPU, as upstream's extraction scripts
+    amp: bool = False  # bf16 autocast for the CLIP image tower and Synchformer: faster on GPU, features change within bf16 tolerance
     nproc_per_node: int = 1  # processes torchrun starts on this machine (one per GPU)
     out_dir: str = "data/features"  # dataset <name> goes to <out_dir>/<name>
 
@@ -130,6 +131,7 @@ class TrainConfig:
     checkpoint_every: int = 10_000  # optimizer steps between checkpoints (also one at the end)
     keep_last: int = 2  # checkpoints kept; older ones are deleted after a newer one is written
     val_interval: int = 5000  # optimizer steps between validation losses (also one at the end)
+    eval_interval: int = 0  # optimizer steps between evaluations of the val set (evaluate.* settings, eval/<metric>); 0: off
     log_interval: int = 200  # optimizer steps per logged metrics row (means over the window)
     num_audio_samples: int = 2  # val rows sampled, decoded and logged to MLflow at every validation (0: none)
     seed: int = 14159265
@@ -157,6 +159,8 @@ class EvaluateConfig:
     crepe: bool = True  # proxy_fd_crepe with torchcrepe's tiny model on CPU
     baseline: bool = True  # also score the untrained network (init from train.seed): baseline_* scores
     num_logged_samples: int = 2  # sample flac files logged to MLflow as artifacts
+    extractor_dir: str = "ext_weights"  # where the av-benchmark extractor files are looked for (by official file name)
+    extractor_preset: str = "official"  # official | tiny: the architecture those files hold (tiny: tests only)
     out_dir: str = "models/evaluate"  # samples/, baseline_samples/, gt/, scores.json
 
 
@@ -295,7 +299,7 @@ def _check_train(p: Params, source: str) -> None:
     lows = (
         ("global_batch_size", 1), ("num_iterations", 1), ("warmup_steps", 0), ("checkpoint_every", 1),
         ("keep_last", 1), ("val_interval", 1), ("log_interval", 1), ("nproc_per_node", 1), ("prefetch", 0),
-        ("num_audio_samples", 0),
+        ("num_audio_samples", 0), ("eval_interval", 0),
     )
     for key, low in lows:
         if getattr(t, key) < low:
@@ -326,7 +330,8 @@ def _check_train(p: Params, source: str) -> None:
 
 
 def _check_evaluate(e: EvaluateConfig, source: str) -> None:
-    for key, choices in (("solver", ("euler", "adaptive")), ("device", ("auto", "cpu", "cuda"))):
+    for key, choices in (("solver", ("euler", "adaptive")), ("device", ("auto", "cpu", "cuda")),
+                         ("extractor_preset", ("official", "tiny"))):
         if getattr(e, key) not in choices:
             raise ConfigError(f"{source}: key 'evaluate.{key}' must be one of {choices}, got {getattr(e, key)!r}")
     for key, low in (("num_steps", 1), ("batch_size", 1), ("num_logged_samples", 0)):
