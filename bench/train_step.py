@@ -63,6 +63,7 @@ from mmaudio.training.schedule import build_scheduler  # noqa: E402
 from mmaudio.training.train import (  # noqa: E402
     FlowObjective,
     build_optimizer,
+    configure_cuda_for_training,
     draw_step_noise,
     objective_inputs,
     optimizer_step,
@@ -331,7 +332,7 @@ def main() -> None:
 
     torch.backends.cuda.matmul.allow_tf32 = True  # both sides, as upstream's train.py sets them
     torch.backends.cudnn.allow_tf32 = True
-    torch.backends.cudnn.benchmark = True
+    configure_cuda_for_training()  # cudnn.benchmark (upstream sets it too); attention without cuDNN SDPA
     rank, world, device = init_process_group()
     out = Path(args.out) if args.out else None
     if out is not None and rank == 0:

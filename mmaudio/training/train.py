@@ -269,6 +269,20 @@ def optimizer_step(
     return loss.detach(), grad_norm.detach()
 
 
+def configure_cuda_for_training() -> None:
+    """Process-wide CUDA settings of the training step (bench/train_step.py applies the same).
+
+    cudnn.benchmark: the shapes are fixed every step, so cuDNN may time its kernels once and keep the
+    fastest. cuDNN attention is switched off: on an H100 with torch 2.11 its backward gave gradients of
+    the attention-side parameters (q/k norm gains, the last joint block's CLIP adaLN) up to 0.9 off in
+    relative terms, where the FlashAttention, memory-efficient and explicitly selected cuDNN kernels
+    stay at bf16 noise (<0.09) against float32 (tests/model/test_kernels.py, GPU tier). FlashAttention
+    is as fast here (bench/RESULTS.md: 143.1 vs 142.8 ms per small_16k step).
+    """
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.enable_cudnn_sdp(False)
+
+
 def build_optimizer(parameters: list[torch.Tensor], cfg: TrainConfig, amp: bool, device: torch.device) -> torch.optim.AdamW:
     """AdamW as upstream configures it (betas 0.9/0.95, eps 1e-6 under bf16), fused on GPU."""
     return torch.optim.AdamW(
@@ -438,7 +452,7 @@ def train(params: Params, ctx: DistContext | None = None, *, halt_after_step: in
 
         net.to(ctx.device)
         if ctx.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed shapes every step: let cuDNN pick its fastest kernels
+            configure_cuda_for_training()
         objective = FlowObjective(net)
         model: nn.Module = objective
         if ctx.world_size > 1:
