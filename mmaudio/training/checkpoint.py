@@ -45,6 +45,13 @@ def load_plain_file(path: str | os.PathLike, *, mmap: bool = False) -> dict[str,
     """``torch.load(weights_only=True)`` of a dict written by this package. ``mmap`` maps the tensors
     from the file instead of reading them (for read-only use: an optimizer must not keep them)."""
     path = Path(path)
+    if not path.is_file():
+        # e.g. a resume on several nodes whose train.out_dir is not one shared filesystem: rank 0
+        # chose a checkpoint the other nodes cannot see
+        raise CheckpointError(
+            f"{path} does not exist on this machine (multi-node runs need train.out_dir on a filesystem "
+            "every node shares)"
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:

@@ -237,3 +237,28 @@ def test_run_key_covers_what_changes_the_numbers(feature_root, tmp_path):
     assert key(learning_rate=1e-4) != base and key(seed=1) != base
     assert key(datasets={"syn_audio": 1, "syn_video": 2}) != base  # the order lays out the epoch
     assert run_key(train_params(feature_root, tmp_path).train, {**hashes, "b": "3.dir"}) != base
+
+
+def test_unreadable_checkpoint_files_name_the_file_and_the_reason(tmp_path):
+    """A checkpoint another node cannot see (no shared train.out_dir), a truncated one and a pickle
+    with code objects each get an error naming the file and saying which of these it is."""
+    import pickle
+
+    from mmaudio.training.checkpoint import CheckpointError, load_plain_file
+
+    missing = tmp_path / "ckpt-000000010.pt"
+    with pytest.raises(CheckpointError, match=r"ckpt-000000010\.pt does not exist on this machine.*shares"):
+        load_plain_file(missing)
+
+    good = tmp_path / "good.pt"
+    torch.save({"step": 3, "w": torch.ones(4)}, good)
+    assert load_plain_file(good)["step"] == 3
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=r"truncated\.pt is corrupt or truncated"):
+        load_plain_file(truncated)
+
+    code = tmp_path / "code.pt"
+    code.write_bytes(pickle.dumps({"step": 3, "f": print}))
+    with pytest.raises(CheckpointError, match=r"code\.pt holds objects other than tensors"):
+        load_plain_file(code)
