@@ -220,14 +220,6 @@ class ClipBatch:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def pin_memory(self) -> "ClipBatch":
-        # DataLoader(pin_memory=True) calls this on custom batch types.
-        def pin(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.pin_memory()
-
-        return ClipBatch(self.indices, self.ids, self.texts, pin(self.audio), pin(self.clip_frames),
-                         pin(self.sync_frames), self.rejects)
-
     def to(self, device: torch.device, non_blocking: bool = False) -> "ClipBatch":
         """The same batch with its tensors on ``device`` (uint8 frames travel as uint8: 4x fewer bytes
         than float; the encoders convert and normalise them on the device)."""

@@ -49,6 +49,7 @@ from mmaudio.clip_sources import (
 from mmaudio.config import ConfigError, Params, find_repo_root
 from mmaudio.distributed import DistContext, all_reduce_sum, barrier
 from mmaudio.features import STORAGE_DTYPES, FeatureSetWriter, feature_shapes
+from mmaudio.staging import put_unless_stopped, receive, send_async
 from mmaudio.weights import load_weight_file, save_weight_file
 
 log = logging.getLogger(__name__)
@@ -331,13 +332,7 @@ class DeviceBatches(Iterator[ClipBatch]):
         self._thread.start()
 
     def _put(self, item: object) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+        return put_unless_stopped(self._queue, item, self._stop)
 
     def _run(self, chunks: Iterator[ClipBatch], chunks_per_batch: list[int]) -> None:
         try:
@@ -345,10 +340,7 @@ class DeviceBatches(Iterator[ClipBatch]):
                 batch = merge_batches([next(chunks) for _ in range(n)], pin_memory=self.cuda)
                 ready = None
                 if self.cuda:
-                    with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
-                        batch = batch.to(self.device, non_blocking=True)
-                        ready = torch.cuda.Event()
-                        ready.record(self.stream)
+                    batch, ready = send_async(batch, self.device, self.stream)
                 if not self._put((batch, ready)):
                     return
             self._put(_END)
@@ -363,11 +355,7 @@ class DeviceBatches(Iterator[ClipBatch]):
         if isinstance(item, _Failed):
             raise item.error
         batch, ready = item
-        if ready is not None:
-            stream = torch.cuda.current_stream(self.device)
-            stream.wait_event(ready)
-            for t in batch.tensors():
-                t.record_stream(stream)  # allocated on the side stream, used on this one
+        receive(batch.tensors(), ready, self.device)
         return batch
 
     def close(self) -> None:

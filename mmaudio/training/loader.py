@@ -37,6 +37,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from mmaudio.features import CLIP_SHAPE, LATENT_SHAPES, STORAGE_DTYPES, SYNC_SHAPE, TEXT_SHAPE, FeatureSet
+from mmaudio.staging import put_unless_stopped, receive, send_async
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +72,6 @@ class Batch:
 
     def to(self, device: torch.device, non_blocking: bool = False) -> "Batch":
         return Batch(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)})
-
-    def pin_memory(self) -> "Batch":
-        return Batch(**{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
 
     def float(self) -> "Batch":
         """Features as float32 (no copy when they already are); ``video_exist`` stays bool."""
@@ -258,11 +256,7 @@ class TrainLoader:
             if isinstance(item, BaseException):
                 raise RuntimeError("a batch prefetch thread failed") from item
             batch, copied = item
-            if copied is not None:  # the worker's copy to the GPU: order the step after it
-                stream = torch.cuda.current_stream(self.device)
-                stream.wait_event(copied)
-                for f in fields(batch):
-                    getattr(batch, f.name).record_stream(stream)  # memory from the worker's stream, used here
+            receive([getattr(batch, f.name) for f in fields(batch)], copied, self.device)  # step after the copy
             batch = batch.float()
         else:
             batch = self.read(self.epoch, self.step_in_epoch, dtype=self.wire_dtype).to(self.device).float()
@@ -280,15 +274,6 @@ class TrainLoader:
         if cuda:  # threads start on GPU 0: name the rank's GPU explicitly
             gpu = torch.device("cuda", torch.cuda.current_device() if self.device.index is None else self.device.index)
 
-        def put(q: queue.Queue, item) -> bool:
-            while not stop.is_set():
-                try:
-                    q.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
         def work(j: int) -> None:
             q = queues[j]
             try:
@@ -301,15 +286,12 @@ class TrainLoader:
                     batch = self.read(epoch, step, dtype=self.wire_dtype, pin_memory=cuda)
                     copied = None
                     if cuda:
-                        with torch.cuda.stream(stream):
-                            batch = batch.to(gpu, non_blocking=True)  # the pinned buffer is reused only after this copy
-                            copied = torch.cuda.Event()
-                            copied.record(stream)
-                    if not put(q, (batch, copied)):
+                        batch, copied = send_async(batch, gpu, stream)
+                    if not put_unless_stopped(q, (batch, copied), stop):
                         return
                     position += n
             except BaseException as e:  # handed to the training loop, which raises it
-                put(q, e)
+                put_unless_stopped(q, e, stop)
 
         self._queues, self._stop, self._taken = queues, stop, 0
         self._threads = [threading.Thread(target=work, args=(j,), name=f"batch-prefetch-{j}", daemon=True)
