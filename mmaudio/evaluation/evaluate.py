@@ -40,14 +40,7 @@ from mmaudio.evaluation.proxies import (
     proxy_onset_sync,
     read_event_times,
 )
-from mmaudio.evaluation.official import (
-    OFFICIAL_METRICS,
-    OfficialExtractors,
-    flac_roundtrip,
-    missing_reason,
-    stack_video_features,
-)
-from mmaudio.evaluation.resolver import MissingWeightError, resolve_weight
+from mmaudio.evaluation.official import OfficialExtractors, flac_roundtrip, stack_video_features
 from mmaudio.evaluation.sampling import (
     SamplingOptions,
     decode_waveforms,
@@ -69,18 +62,6 @@ CLIP_SECONDS = 8.0
 SCORES_JSON = "scores.json"
 CREPE_MODEL = "tiny"
 CREPE_HOP_SEC = 0.05  # 20 embeddings per second: 160 per 8 s clip, ample for a 32-dim covariance; keeps CPU cost low
-
-
-def official_metric_status(ext_dir: str | os.PathLike) -> dict[str, str | None]:
-    """``{metric: None if its extractor file is present in ext_dir, else the reason it is skipped}``."""
-    status: dict[str, str | None] = {}
-    for metric, filename in OFFICIAL_METRICS.items():
-        try:
-            resolve_weight(filename, ext_dir=ext_dir)
-            status[metric] = None
-        except MissingWeightError as e:
-            status[metric] = missing_reason(e)
-    return status
 
 
 def extractor_dir(params: Params, root: Path) -> Path:
@@ -397,14 +378,3 @@ class TrainingEvaluation:
             self.run.set_tags({f"train.eval.note.{k}": v for k, v in notes.items()})
         log.info("step %d eval: %s", step, json.dumps({k: round(v, 6) for k, v in sorted(finite.items())}))
         return scores
-
-
-def evaluate_during_training(
-    net: MMAudioNetwork,
-    params: Params,
-    step: int,
-    run: StageRun,
-    ctx: DistContext | None = None,
-) -> dict[str, float]:
-    """One-off :class:`TrainingEvaluation` (rebuilds the reference side; keep an instance to reuse it)."""
-    return TrainingEvaluation(params, run, ctx)(net, step)

@@ -12,7 +12,7 @@ import torch
 from mmaudio.config import ConfigError, validate
 from mmaudio.evaluation import evaluate as evaluate_mod
 from mmaudio.evaluation import metrics, official
-from mmaudio.evaluation.evaluate import TrainingEvaluation, evaluate_during_training
+from mmaudio.evaluation.evaluate import TrainingEvaluation
 from mmaudio.evaluation.official import OFFICIAL_METRICS
 from mmaudio.evaluation.sampling import load_trained_network
 from mmaudio.media import IMAGEBIND_FRAMES, load_video_clip, probe
@@ -66,7 +66,7 @@ def test_evaluate_during_training_function_without_extractors(ws):
     for f in (root / "ext_eval").iterdir():
         f.unlink()
     run = RecordingRun()
-    scores = evaluate_during_training(net, params, 3, run)
+    scores = TrainingEvaluation(params, run)(net, 3)
     assert not set(OFFICIAL_METRICS) & set(scores)
     assert {k for k, _, _ in run.metrics} >= {"eval/proxy_fd_logmel", "eval/proxy_onset_gt_f1"}
     assert run.tags["train.eval.skipped.desync"].startswith("weights absent")
