@@ -174,7 +174,7 @@ def test_empty_string_file_round_trip(tiny: CLIPEncoder, tmp_path: Path) -> None
     path = save_empty_string(feature, tmp_path / "empty_string.pth")
     raw = torch.load(path, weights_only=True)  # upstream's format: a bare (1, 77, D) tensor
     assert isinstance(raw, torch.Tensor) and raw.shape == (1, 77, 1024)
-    loaded = load_empty_string(path)  # == torch.load(path)[0]
+    loaded = load_empty_string(path)  # the tensor at index 0 of the file
     assert loaded.shape == (77, 1024)
     assert torch.equal(loaded, tiny.encode_text([""])[0])
     with pytest.raises(ValueError, match=r"\(77, 1024\)"):

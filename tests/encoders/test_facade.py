@@ -15,18 +15,11 @@ from mmaudio.encoders.facade import FeatureEncoders
 from mmaudio.encoders.profiles import MissingWeightsError
 from mmaudio.encoders.tiny import CLIP_FILE_NAME
 from mmaudio.weights import WeightFileError, load_weight_file, save_weight_file
+from tests.helpers import one_thread  # noqa: F401  (autouse)
 
 # mode -> (samples in 8 s, latent frames, latent channels, mel bins)
 CONTRACT = {"16k": (128_000, 250, 20, 80), "44k": (353_280, 345, 40, 128)}
 TINY = Path("ext_weights") / "tiny"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module", params=["16k", "44k"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -21,27 +20,19 @@ from mmaudio.encoders.synchformer import (
     sync_seq_len,
 )
 from mmaudio.weights import WeightFileError, load_weight_file, save_weight_file
+from tests.helpers import (
+    assert_frozen_with_params,
+    assert_matches_manifest,
+    save_with,
+    save_without,
+    tiny_model_fixtures,
+)
+from tests.helpers import one_thread  # noqa: F401  (autouse)
 
-MANIFEST = Path(__file__).parents[1] / "fixtures" / "keys" / "synchformer_visual.json"
 OFFICIAL_PARAMS = 122_440_704
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny() -> SynchformerVisual:
-    return build_synchformer_visual("tiny", seed=0)
-
-
-@pytest.fixture(scope="module")
-def tiny_file(tiny: SynchformerVisual, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_synchformer_visual(tiny, tmp_path_factory.mktemp("sync") / "synchformer_state_dict.pth")
+tiny, tiny_file = tiny_model_fixtures(build_synchformer_visual, save_synchformer_visual, "synchformer_state_dict.pth")
 
 
 def _frames(batch: int, num_frames: int, seed: int) -> torch.Tensor:
@@ -50,19 +41,11 @@ def _frames(batch: int, num_frames: int, seed: int) -> torch.Tensor:
 
 
 def test_official_keys_match_manifest() -> None:
-    model = build_synchformer_visual("official", device="meta")
-    ours = {k: list(v.shape) for k, v in model.state_dict().items()}
-    expected = json.loads(MANIFEST.read_text())
-    assert len(expected) == 238
-    assert sorted(set(ours) - set(expected)) == []
-    assert sorted(set(expected) - set(ours)) == []
-    assert {k: ours[k] for k in expected} == expected
+    assert_matches_manifest(build_synchformer_visual("official", device="meta"), "synchformer_visual", num_keys=238)
 
 
 def test_official_parameter_count() -> None:
-    model = build_synchformer_visual("official", device="meta")
-    assert sum(p.numel() for p in model.parameters()) == OFFICIAL_PARAMS
-    assert not any(p.requires_grad for p in model.parameters())
+    assert_frozen_with_params(build_synchformer_visual("official", device="meta"), OFFICIAL_PARAMS)
 
 
 def test_segment_counts() -> None:
@@ -151,18 +134,15 @@ def test_loader_ignores_other_synchformer_parts(tiny: SynchformerVisual, tiny_fi
 def test_wrong_files_raise_naming_the_file(tiny_file: Path, tmp_path: Path) -> None:
     good = load_weight_file(tiny_file)
 
-    extra = dict(good, **{"vfeat_extractor.blocks.7.norm1.weight": torch.ones(768)})
-    path = save_weight_file(extra, tmp_path / "extra.pth")
+    path = save_with(good, {"vfeat_extractor.blocks.7.norm1.weight": torch.ones(768)}, tmp_path / "extra.pth")
     with pytest.raises(WeightFileError, match=r"extra\.pth.*unexpected.*blocks\.7\.norm1\.weight"):
         load_synchformer_visual(path, "tiny")
 
-    missing = {k: v for k, v in good.items() if k != "vfeat_extractor.temp_embed"}
-    path = save_weight_file(missing, tmp_path / "missing.pth")
+    path = save_without(good, "vfeat_extractor.temp_embed", tmp_path / "missing.pth")
     with pytest.raises(WeightFileError, match=r"missing\.pth.*missing.*temp_embed"):
         load_synchformer_visual(path, "tiny")
 
-    reshaped = dict(good, **{"vfeat_extractor.pos_embed": torch.zeros(1, 197, 768)})
-    path = save_weight_file(reshaped, tmp_path / "shape.pth")
+    path = save_with(good, {"vfeat_extractor.pos_embed": torch.zeros(1, 197, 768)}, tmp_path / "shape.pth")
     with pytest.raises(WeightFileError, match=r"shape\.pth.*pos_embed.*\(1, 197, 768\)"):
         load_synchformer_visual(path, "tiny")
 

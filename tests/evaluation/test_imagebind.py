@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -29,30 +28,16 @@ from mmaudio.evaluation.extractors.imagebind import (
     select_built_modalities,
 )
 from mmaudio.evaluation.resolver import MissingWeightError
-from mmaudio.weights import WeightFileError, load_weight_file, save_weight_file
+from mmaudio.weights import WeightFileError, load_weight_file
+from tests.helpers import assert_keys_match, load_manifest, save_with, save_without, tiny_model_fixtures
+from tests.helpers import one_thread  # noqa: F401  (autouse)
 
-MANIFEST = Path(__file__).parents[1] / "fixtures" / "keys" / "imagebind_huge.json"
 VISION_PARAMS = 632_829_440
 AUDIO_PARAMS = 86_235_648  # + 1 buffer (the audio logit scale)
 ALL_TOWERS_PARAMS = 1_200_781_057  # the whole file, six towers
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny() -> ImageBind:
-    return build_imagebind("tiny", seed=0)
-
-
-@pytest.fixture(scope="module")
-def tiny_file(tiny: ImageBind, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_imagebind(tiny, tmp_path_factory.mktemp("ib") / "imagebind_huge.pth")
+tiny, tiny_file = tiny_model_fixtures(build_imagebind, save_imagebind, "imagebind_huge.pth")
 
 
 def _frames(batch: int, num: int, height: int, width: int, seed: int) -> torch.Tensor:
@@ -60,20 +45,12 @@ def _frames(batch: int, num: int, height: int, width: int, seed: int) -> torch.T
     return torch.randint(0, 256, (batch, num, 3, height, width), dtype=torch.uint8, generator=gen)
 
 
-def _manifest() -> dict[str, list[int]]:
-    return json.loads(MANIFEST.read_text())
-
-
 def test_official_keys_match_manifest_subset() -> None:
-    model = build_imagebind("official", device="meta")
-    ours = {k: list(v.shape) for k, v in model.state_dict().items()}
-    manifest = _manifest()
+    manifest = load_manifest("imagebind_huge")
     assert len(manifest) == 1311
     built = {k: v for k, v in manifest.items() if k.split(".")[1] in BUILT_MODALITIES}
     assert len(built) == 569
-    assert sorted(set(ours) - set(built)) == []
-    assert sorted(set(built) - set(ours)) == []
-    assert {k: ours[k] for k in built} == built
+    assert_keys_match(build_imagebind("official", device="meta"), built)
     # what is not built belongs to the four other towers, and nothing else
     assert {k.split(".")[1] for k in set(manifest) - set(built)} == set(SKIPPED_MODALITIES)
     assert {k.split(".")[0] for k in manifest} == {
@@ -90,7 +67,7 @@ def test_official_parameter_counts() -> None:
     assert [k for k, _ in model.named_buffers()] == ["modality_postprocessors.audio.1.log_logit_scale"]
     assert not any(p.requires_grad for p in params.values())
     # the manifest's other towers account for the rest of the file (the text mask is a buffer)
-    manifest = _manifest()
+    manifest = load_manifest("imagebind_huge")
     non_param = {"modality_preprocessors.text.mask"} | {
         f"modality_postprocessors.{m}.1.log_logit_scale" for m in ("audio", "depth", "thermal", "imu")
     }
@@ -236,17 +213,14 @@ def test_tiny_file_round_trip(tiny: ImageBind, tiny_file: Path) -> None:
 def test_loading_is_strict_for_the_built_towers(tiny_file: Path, tmp_path: Path) -> None:
     state = load_weight_file(tiny_file)
     # an official-style file also holds the other towers: they are set aside
-    full = dict(state, **{"modality_trunks.text.blocks.0.norm_1.weight": torch.ones(3),
-                          "modality_preprocessors.text.mask": torch.zeros(77, 77)})
-    save_weight_file(full, tmp_path / "full.pth")
+    other_towers = {"modality_trunks.text.blocks.0.norm_1.weight": torch.ones(3),
+                    "modality_preprocessors.text.mask": torch.zeros(77, 77)}
+    save_with(state, other_towers, tmp_path / "full.pth")
     load_imagebind(tmp_path / "full.pth", "tiny")
-    missing = dict(state)
-    del missing["modality_trunks.audio.blocks.0.attn.bias_k"]
-    save_weight_file(missing, tmp_path / "missing.pth")
+    save_without(state, "modality_trunks.audio.blocks.0.attn.bias_k", tmp_path / "missing.pth")
     with pytest.raises(WeightFileError, match="bias_k"):
         load_imagebind(tmp_path / "missing.pth", "tiny")
-    extra = dict(state, **{"modality_trunks.vision.blocks.1.norm_1.weight": torch.ones(32)})
-    save_weight_file(extra, tmp_path / "extra.pth")
+    save_with(state, {"modality_trunks.vision.blocks.1.norm_1.weight": torch.ones(32)}, tmp_path / "extra.pth")
     with pytest.raises(WeightFileError, match="blocks.1.norm_1"):
         load_imagebind(tmp_path / "extra.pth", "tiny")
     with pytest.raises(WeightFileError, match="shape"):

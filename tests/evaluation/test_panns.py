@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -23,28 +22,14 @@ from mmaudio.evaluation.extractors.panns import (
 )
 from mmaudio.evaluation.resolver import MissingWeightError
 from mmaudio.weights import WeightFileError, load_weight_file, save_weight_file
+from tests.helpers import assert_frozen_with_params, assert_matches_manifest, num_state_elements, tiny_model_fixtures
+from tests.helpers import one_thread  # noqa: F401  (autouse)
 
-MANIFEST = Path(__file__).parents[1] / "fixtures" / "keys" / "panns_cnn14_16k.json"
 OFFICIAL_PARAMS = 81_033_231  # 80,753,615 learned + 263,168 STFT + 16,448 mel
 OFFICIAL_STATE_ELEMENTS = 81_049_500  # + BatchNorm running statistics and counters
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny() -> Cnn14:
-    return build_panns("tiny", seed=0)
-
-
-@pytest.fixture(scope="module")
-def tiny_file(tiny: Cnn14, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_panns(tiny, tmp_path_factory.mktemp("panns") / "Cnn14_16k_mAP=0.438.pth")
+tiny, tiny_file = tiny_model_fixtures(build_panns, save_panns, "Cnn14_16k_mAP=0.438.pth")
 
 
 def _tones(batch: int, seconds: float, rate: int, channels: int = 1, seed: int = 0) -> torch.Tensor:
@@ -56,20 +41,13 @@ def _tones(batch: int, seconds: float, rate: int, channels: int = 1, seed: int =
 
 
 def test_official_keys_match_manifest() -> None:
-    model = build_panns("official", device="meta")
-    ours = {k: list(v.shape) for k, v in model.state_dict().items()}
-    expected = json.loads(MANIFEST.read_text())
-    assert len(expected) == 84
-    assert sorted(set(ours) - set(expected)) == []
-    assert sorted(set(expected) - set(ours)) == []
-    assert {k: ours[k] for k in expected} == expected
+    assert_matches_manifest(build_panns("official", device="meta"), "panns_cnn14_16k", num_keys=84)
 
 
 def test_official_parameter_count() -> None:
     model = build_panns("official", device="meta")
-    assert sum(p.numel() for p in model.parameters()) == OFFICIAL_PARAMS
-    assert sum(v.numel() for v in model.state_dict().values()) == OFFICIAL_STATE_ELEMENTS
-    assert not any(p.requires_grad for p in model.parameters())
+    assert_frozen_with_params(model, OFFICIAL_PARAMS)
+    assert num_state_elements(model) == OFFICIAL_STATE_ELEMENTS
 
 
 def test_front_end_matrices(tiny: Cnn14) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import math
 from pathlib import Path
 
@@ -23,27 +22,13 @@ from mmaudio.evaluation.extractors.passt import (
 )
 from mmaudio.evaluation.resolver import MissingWeightError
 from mmaudio.weights import WeightFileError, load_weight_file, save_weight_file
+from tests.helpers import assert_frozen_with_params, assert_matches_manifest, save_without, tiny_model_fixtures
+from tests.helpers import one_thread  # noqa: F401  (autouse)
 
-MANIFEST = Path(__file__).parents[1] / "fixtures" / "keys" / "passt.json"
 OFFICIAL_PARAMS = 86_153_758
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny() -> Passt:
-    return build_passt("tiny", seed=0)
-
-
-@pytest.fixture(scope="module")
-def tiny_file(tiny: Passt, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_passt(tiny, tmp_path_factory.mktemp("passt") / "passt-s-f128-p16-s10-ap.476-swa.pt")
+tiny, tiny_file = tiny_model_fixtures(build_passt, save_passt, "passt-s-f128-p16-s10-ap.476-swa.pt")
 
 
 def _tones(batch: int, seconds: float, rate: int = 32_000, seed: int = 0) -> torch.Tensor:
@@ -54,17 +39,11 @@ def _tones(batch: int, seconds: float, rate: int = 32_000, seed: int = 0) -> tor
 
 
 def test_official_keys_match_manifest() -> None:
-    model = build_passt("official", device="meta")
-    ours = {k: list(v.shape) for k, v in model.state_dict().items()}
-    expected = json.loads(MANIFEST.read_text())
-    assert len(expected) == 159
-    assert ours == expected
+    assert_matches_manifest(build_passt("official", device="meta"), "passt", num_keys=159)
 
 
 def test_official_parameter_count() -> None:
-    model = build_passt("official", device="meta")
-    assert sum(p.numel() for p in model.parameters()) == OFFICIAL_PARAMS
-    assert not any(p.requires_grad for p in model.parameters())
+    assert_frozen_with_params(build_passt("official", device="meta"), OFFICIAL_PARAMS)
     assert PASST_PRESETS["official"].grid_size == (12, 99)
 
 
@@ -136,7 +115,7 @@ def test_tiny_save_load_round_trip(tiny: Passt, tiny_file: Path, tmp_path: Path)
 
 def test_wrong_files_raise_naming_the_file(tiny_file: Path, tmp_path: Path) -> None:
     good = load_weight_file(tiny_file)
-    missing = save_weight_file({k: v for k, v in good.items() if k != "head_dist.bias"}, tmp_path / "missing.pt")
+    missing = save_without(good, "head_dist.bias", tmp_path / "missing.pt")
     with pytest.raises(WeightFileError, match=r"missing\.pt.*missing.*head_dist\.bias"):
         load_passt(missing, "tiny")
     wrapped = save_weight_file({"net": good}, tmp_path / "wrapped.pt")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 
@@ -36,9 +35,17 @@ from mmaudio.evaluation.extractors.synchformer_av import (
 )
 from mmaudio.evaluation.resolver import MissingWeightError
 from mmaudio.weights import WeightFileError, load_weight_file, save_weight_file
+from tests.helpers import (
+    assert_frozen_with_params,
+    assert_matches_manifest,
+    load_manifest,
+    num_state_elements,
+    save_with,
+    save_without,
+    tiny_model_fixtures,
+)
+from tests.helpers import one_thread  # noqa: F401  (autouse)
 
-MANIFEST = Path(__file__).parents[1] / "fixtures" / "keys" / "synchformer_full.json"
-VISUAL_MANIFEST = Path(__file__).parents[1] / "fixtures" / "keys" / "synchformer_visual.json"
 OFFICIAL_PARAMS = 237_460_245
 PART_PARAMS = {
     "vfeat_extractor.": 122_440_704,
@@ -49,22 +56,7 @@ PART_PARAMS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny() -> SynchformerAV:
-    return build_synchformer_av("tiny", seed=0)
-
-
-@pytest.fixture(scope="module")
-def tiny_file(tiny: SynchformerAV, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_synchformer_av(tiny, tmp_path_factory.mktemp("sync_av") / "synchformer_state_dict.pth")
+tiny, tiny_file = tiny_model_fixtures(build_synchformer_av, save_synchformer_av, "synchformer_state_dict.pth")
 
 
 @pytest.fixture(scope="module")
@@ -78,29 +70,22 @@ def clip() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_official_keys_match_manifest() -> None:
-    model = build_synchformer_av("official", device="meta")
-    ours = {k: list(v.shape) for k, v in model.state_dict().items()}
-    expected = json.loads(MANIFEST.read_text())
-    assert len(expected) == 513
-    assert sorted(set(ours) - set(expected)) == []
-    assert sorted(set(expected) - set(ours)) == []
-    assert {k: ours[k] for k in expected} == expected
+    assert_matches_manifest(build_synchformer_av("official", device="meta"), "synchformer_full", num_keys=513)
 
 
 def test_visual_part_is_the_visual_manifest() -> None:
-    full = json.loads(MANIFEST.read_text())
-    visual = json.loads(VISUAL_MANIFEST.read_text())
+    full = load_manifest("synchformer_full")
+    visual = load_manifest("synchformer_visual")
     assert {k: v for k, v in full.items() if k.startswith("vfeat_extractor.")} == visual
 
 
 def test_official_parameter_counts() -> None:
     model = build_synchformer_av("official", device="meta")
+    assert_frozen_with_params(model, OFFICIAL_PARAMS)
+    assert num_state_elements(model) == OFFICIAL_PARAMS  # no buffers
     state = model.state_dict()
-    assert sum(p.numel() for p in model.parameters()) == OFFICIAL_PARAMS
-    assert sum(v.numel() for v in state.values()) == OFFICIAL_PARAMS  # no buffers
     for prefix, count in PART_PARAMS.items():
         assert sum(v.numel() for k, v in state.items() if k.startswith(prefix)) == count, prefix
-    assert not any(p.requires_grad for p in model.parameters())
 
 
 def test_preset_contract_is_enforced() -> None:
@@ -228,13 +213,10 @@ def test_tiny_file_round_trip(tiny: SynchformerAV, tiny_file: Path, clip: tuple[
 
 def test_loading_is_strict(tiny_file: Path, tmp_path: Path) -> None:
     state = load_weight_file(tiny_file)
-    missing = dict(state)
-    del missing["transformer.pos_emb_cfg.pos_emb"]
-    save_weight_file(missing, tmp_path / "missing.pth")
+    save_without(state, "transformer.pos_emb_cfg.pos_emb", tmp_path / "missing.pth")
     with pytest.raises(WeightFileError, match="transformer.pos_emb_cfg.pos_emb"):
         load_synchformer_av(tmp_path / "missing.pth", "tiny")
-    extra = dict(state, **{"afeat_extractor.classifier.dense.weight": torch.zeros(527, 768)})
-    save_weight_file(extra, tmp_path / "extra.pth")
+    save_with(state, {"afeat_extractor.classifier.dense.weight": torch.zeros(527, 768)}, tmp_path / "extra.pth")
     with pytest.raises(WeightFileError, match="afeat_extractor.classifier.dense.weight"):
         load_synchformer_av(tmp_path / "extra.pth", "tiny")
     # a visual-only file is not a full Synchformer

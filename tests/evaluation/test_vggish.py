@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -24,27 +23,19 @@ from mmaudio.evaluation.extractors.vggish import (
 )
 from mmaudio.evaluation.resolver import MissingWeightError
 from mmaudio.weights import WeightFileError, load_weight_file, save_weight_file
+from tests.helpers import (
+    assert_frozen_with_params,
+    assert_matches_manifest,
+    save_with,
+    save_without,
+    tiny_model_fixtures,
+)
+from tests.helpers import one_thread  # noqa: F401  (autouse)
 
-MANIFEST = Path(__file__).parents[1] / "fixtures" / "keys" / "vggish.json"
 OFFICIAL_PARAMS = 72_141_184
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny() -> Vggish:
-    return build_vggish("tiny", seed=0)
-
-
-@pytest.fixture(scope="module")
-def tiny_file(tiny: Vggish, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_vggish(tiny, tmp_path_factory.mktemp("vggish") / "vggish-10086976.pth")
+tiny, tiny_file = tiny_model_fixtures(build_vggish, save_vggish, "vggish-10086976.pth")
 
 
 def _tones(batch: int, num_samples: int, seed: int = 0) -> torch.Tensor:
@@ -72,17 +63,11 @@ def _numpy_examples(wave: np.ndarray) -> np.ndarray:
 
 
 def test_official_keys_match_manifest() -> None:
-    model = build_vggish("official", device="meta")
-    ours = {k: list(v.shape) for k, v in model.state_dict().items()}
-    expected = json.loads(MANIFEST.read_text())
-    assert len(expected) == 18
-    assert ours == expected
+    assert_matches_manifest(build_vggish("official", device="meta"), "vggish", num_keys=18)
 
 
 def test_official_parameter_count() -> None:
-    model = build_vggish("official", device="meta")
-    assert sum(p.numel() for p in model.parameters()) == OFFICIAL_PARAMS
-    assert not any(p.requires_grad for p in model.parameters())
+    assert_frozen_with_params(build_vggish("official", device="meta"), OFFICIAL_PARAMS)
 
 
 def test_example_counts() -> None:
@@ -144,15 +129,14 @@ def test_tiny_save_load_round_trip(tiny: Vggish, tiny_file: Path) -> None:
 
 
 def test_hub_postprocessor_entries_are_ignored(tiny: Vggish, tiny_file: Path, tmp_path: Path) -> None:
-    hub_style = dict(load_weight_file(tiny_file), **{"pproc.pca_matrix": torch.eye(128),
-                                                      "pproc.pca_means": torch.zeros(128, 1)})
-    loaded = load_vggish(save_weight_file(hub_style, tmp_path / "hub.pth"), "tiny")
+    pca = {"pproc.pca_matrix": torch.eye(128), "pproc.pca_means": torch.zeros(128, 1)}
+    loaded = load_vggish(save_with(load_weight_file(tiny_file), pca, tmp_path / "hub.pth"), "tiny")
     assert torch.equal(loaded.features[0].weight, tiny.features[0].weight)
 
 
 def test_wrong_files_raise_naming_the_file(tiny_file: Path, tmp_path: Path) -> None:
     good = load_weight_file(tiny_file)
-    missing = save_weight_file({k: v for k, v in good.items() if k != "embeddings.4.bias"}, tmp_path / "missing.pth")
+    missing = save_without(good, "embeddings.4.bias", tmp_path / "missing.pth")
     with pytest.raises(WeightFileError, match=r"missing\.pth.*missing.*embeddings\.4\.bias"):
         load_vggish(missing, "tiny")
     only_pca = save_weight_file({"pproc.pca_means": torch.zeros(128, 1)}, tmp_path / "pca.pth")
