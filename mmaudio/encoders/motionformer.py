@@ -172,23 +172,48 @@ class DividedSpaceTimeBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class PackedSelfAttention(nn.Module):
-    """Multi-head self-attention with ``nn.MultiheadAttention``'s parameter layout (packed q/k/v)."""
+def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Scaled dot-product attention of (N, Lq, D) queries over (N, Lk, D) keys/values, split into
+    ``num_heads`` heads of D / num_heads -> (N, Lq, D), heads side by side (scale 1 / sqrt(D / H)).
 
-    def __init__(self, dim: int, num_heads: int) -> None:
+    The layer classes here and in the evaluation extractors differ only in how they project q, k, v
+    (packed or separate weights, under their checkpoints' names); the attention itself is this.
+    """
+    n, length, dim = q.shape
+
+    def heads(t: torch.Tensor) -> torch.Tensor:
+        return t.unflatten(-1, (num_heads, dim // num_heads)).transpose(1, 2)  # (N, H, L, d)
+
+    out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v))  # (N, H, Lq, d)
+    return out.transpose(1, 2).reshape(n, length, dim)
+
+
+class PackedSelfAttention(nn.Module):
+    """Multi-head self-attention with ``nn.MultiheadAttention``'s parameter layout (packed q/k/v).
+
+    ``bias_kv`` adds its learned key and value bias tokens (``add_bias_kv=True``: ``bias_k``, ``bias_v``
+    of shape (1, 1, D)), appended after the sequence's keys and values.
+    """
+
+    def __init__(self, dim: int, num_heads: int, bias_kv: bool = False) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
         self.in_proj_bias = nn.Parameter(torch.empty(3 * dim))
+        if bias_kv:
+            self.bias_k = nn.Parameter(torch.empty(1, 1, dim))
+            self.bias_v = nn.Parameter(torch.empty(1, 1, dim))
+        else:
+            self.bias_k = self.bias_v = None
         self.out_proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, length, dim = x.shape
-        h = self.num_heads
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (N, L, 3D)
-        q, k, v = qkv.view(n, length, 3, h, dim // h).permute(2, 0, 3, 1, 4)  # each (N, H, L, d)
-        out = F.scaled_dot_product_attention(q, k, v)  # (N, H, L, d)
-        return self.out_proj(out.transpose(1, 2).reshape(n, length, dim))
+        q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)  # each (N, L, D)
+        if self.bias_k is not None:
+            n = x.shape[0]
+            k = torch.cat((k, self.bias_k.expand(n, -1, -1)), dim=1)  # (N, L+1, D)
+            v = torch.cat((v, self.bias_v.expand(n, -1, -1)), dim=1)
+        return self.out_proj(multi_head_attention(q, k, v, self.num_heads))
 
 
 class SpatialPooling(nn.Module):

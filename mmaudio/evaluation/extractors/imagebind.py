@@ -60,8 +60,10 @@ import torchvision.transforms.v2.functional as TVF
 from torch import nn
 from torchvision.transforms import InterpolationMode
 
-from mmaudio.evaluation.resolver import DEFAULT_EXT_DIR, resolve_weight
-from mmaudio.weights import build_module, WeightFileError, load_state_dict_strict, load_weight_file, save_weight_file
+from mmaudio.encoders.motionformer import Mlp, PackedSelfAttention
+from mmaudio.evaluation.extractors.common import load_extractor, save_extractor
+from mmaudio.evaluation.resolver import DEFAULT_EXT_DIR
+from mmaudio.weights import WeightFileError, build_module, load_weight_file
 
 OFFICIAL_FILE_NAME = "imagebind_huge.pth"
 
@@ -301,54 +303,14 @@ class _Preprocessor(nn.Module):
         return tokens + self.pos_embedding_helper.pos_embed  # (N, 1+P, D)
 
 
-class _Attention(nn.Module):
-    """Self-attention with ``nn.MultiheadAttention``'s parameters, optionally with learned key/value
-    bias tokens appended to the keys and values (``add_bias_kv=True``)."""
-
-    def __init__(self, dim: int, num_heads: int, bias_kv: bool) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
-        self.in_proj_bias = nn.Parameter(torch.empty(3 * dim))
-        if bias_kv:
-            self.bias_k = nn.Parameter(torch.empty(1, 1, dim))
-            self.bias_v = nn.Parameter(torch.empty(1, 1, dim))
-        else:
-            self.bias_k = self.bias_v = None
-        self.out_proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, length, dim = x.shape
-        h = self.num_heads
-        q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)  # each (N, L, D)
-        if self.bias_k is not None:
-            k = torch.cat((k, self.bias_k.expand(n, -1, -1)), dim=1)  # (N, L+1, D)
-            v = torch.cat((v, self.bias_v.expand(n, -1, -1)), dim=1)
-
-        def heads(t: torch.Tensor) -> torch.Tensor:
-            return t.unflatten(-1, (h, dim // h)).transpose(1, 2)  # (N, H, L, d)
-
-        out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v))  # (N, H, L, d)
-        return self.out_proj(out.transpose(1, 2).reshape(n, length, dim))
-
-
-class _Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
 class _Block(nn.Module):
     def __init__(self, cfg: TowerConfig, bias_kv: bool) -> None:
         super().__init__()
         d = cfg.embed_dim
-        self.attn = _Attention(d, cfg.num_heads, bias_kv)
+        # nn.MultiheadAttention's layout; the audio tower's has learned key/value bias tokens
+        self.attn = PackedSelfAttention(d, cfg.num_heads, bias_kv=bias_kv)
         self.norm_1 = nn.LayerNorm(d, eps=BLOCK_LAYER_NORM_EPS)
-        self.mlp = _Mlp(d, cfg.mlp_ratio * d)
+        self.mlp = Mlp(d, cfg.mlp_ratio * d)  # fc1, GELU, fc2
         self.norm_2 = nn.LayerNorm(d, eps=BLOCK_LAYER_NORM_EPS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -450,7 +412,7 @@ class ImageBind(nn.Module):
                 nn.init.zeros_(m.bias)
             elif isinstance(m, (nn.Conv2d, nn.Conv3d)):
                 m.reset_parameters()
-            elif isinstance(m, _Attention):
+            elif isinstance(m, PackedSelfAttention):
                 nn.init.xavier_uniform_(m.in_proj_weight)
                 nn.init.zeros_(m.in_proj_bias)
                 if m.bias_k is not None:
@@ -559,23 +521,23 @@ def load_imagebind(
 ) -> ImageBind:
     """Build ``preset`` and load the vision and audio towers of ``imagebind_huge.pth`` strictly.
 
-    ``path=None`` finds the file through :func:`~mmaudio.evaluation.resolver.resolve_weight`
-    (``ext_dir/imagebind_huge.pth``, a download only with ``allow_download``); a missing file raises
-    :class:`~mmaudio.evaluation.resolver.MissingWeightError` naming it and its source.
+    ``path=None`` resolves the official file as :func:`~mmaudio.evaluation.extractors.common.load_extractor` says.
     """
-    path = resolve_weight(OFFICIAL_FILE_NAME, explicit=path, ext_dir=ext_dir, allow_download=allow_download)
-    state_dict = select_built_modalities(load_weight_file(path), source=path)
-    with torch.device("meta"):
-        model = ImageBind(preset)
-    model.to_empty(device="cpu")  # every tensor (the logit-scale buffer too) comes from the file
-    load_state_dict_strict(model, state_dict, source=path)
-    return model.to(device).eval()
+    # every tensor (the logit-scale buffer too) comes from the file
+    return load_extractor(
+        OFFICIAL_FILE_NAME,
+        lambda: ImageBind(preset),
+        read=lambda p: select_built_modalities(load_weight_file(p), source=p),
+        path=path,
+        ext_dir=ext_dir,
+        allow_download=allow_download,
+        device=device,
+    )
 
 
 def save_imagebind(model: ImageBind, path: str | os.PathLike) -> Path:
     """Write the vision and audio towers as a flat state dict in ``imagebind_huge.pth``'s key layout."""
-    state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    return save_weight_file(state_dict, path)
+    return save_extractor(model, path)
 
 
 __all__ = [

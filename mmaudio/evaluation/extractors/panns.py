@@ -34,8 +34,9 @@ from torch import nn
 
 from mmaudio.encoders.mel import slaney_mel_filterbank
 from mmaudio.evaluation.extractors.audio_frontend import AV_BENCH_DURATION_SEC, prepare_av_bench_waveform
-from mmaudio.evaluation.resolver import DEFAULT_EXT_DIR, resolve_weight
-from mmaudio.weights import load_state_dict_strict, load_weight_file, save_weight_file
+from mmaudio.evaluation.extractors.common import load_extractor, save_extractor
+from mmaudio.evaluation.resolver import DEFAULT_EXT_DIR
+from mmaudio.weights import build_module, load_weight_file
 
 OFFICIAL_FILE_NAME = "Cnn14_16k_mAP=0.438.pth"
 WEIGHT_SUBKEY = "model"  # the official file nests the state dict under this key
@@ -253,21 +254,15 @@ def build_panns(
     With ``seed``, BatchNorm statistics are drawn too (mean ~ N(0, 0.1), var ~ U(0.5, 1.5)), so that a
     seeded tiny model is not an identity at every BatchNorm.
     """
-    device = torch.device(device)
-    if seed is None:
-        with device:
-            return Cnn14(preset)
-    with torch.random.fork_rng(devices=[]), device:
-        torch.manual_seed(seed)
-        model = Cnn14(preset)
-        if device.type != "meta":
-            gen = torch.Generator().manual_seed(seed)
-            for module in model.modules():
-                if isinstance(module, nn.BatchNorm2d):
-                    n = module.num_features
-                    module.running_mean.copy_(0.1 * torch.randn(n, generator=gen, device="cpu"))
-                    module.running_var.copy_(0.5 + torch.rand(n, generator=gen, device="cpu"))
-        return model
+    model = build_module(lambda: Cnn14(preset), device=device, seed=seed)
+    if seed is not None and torch.device(device).type != "meta":
+        gen = torch.Generator().manual_seed(seed)  # its own generator: the global RNG stays untouched
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                n = module.num_features
+                module.running_mean.copy_(0.1 * torch.randn(n, generator=gen, device="cpu"))
+                module.running_var.copy_(0.5 + torch.rand(n, generator=gen, device="cpu"))
+    return model
 
 
 def load_panns(
@@ -280,19 +275,18 @@ def load_panns(
 ) -> Cnn14:
     """Build ``preset`` and load ``path`` (``{"model": state_dict}``) strictly.
 
-    ``path=None`` finds the file through :func:`~mmaudio.evaluation.resolver.resolve_weight`
-    (``ext_dir/<OFFICIAL_FILE_NAME>``, the Hugging Face cache, a download only with ``allow_download``).
+    ``path=None`` resolves the official file as :func:`~mmaudio.evaluation.extractors.common.load_extractor` says.
     """
-    path = resolve_weight(OFFICIAL_FILE_NAME, explicit=path, ext_dir=ext_dir, allow_download=allow_download)
-    state_dict = load_weight_file(path, subkey=WEIGHT_SUBKEY)
-    with torch.device("meta"):
-        model = Cnn14(preset)
-    model.to_empty(device="cpu")  # every tensor, front end included, comes from the file
-    load_state_dict_strict(model, state_dict, source=path)
-    return model.to(device).eval()
+    # every tensor, the front end's matrices included, comes from the file
+    return load_extractor(OFFICIAL_FILE_NAME, lambda: Cnn14(preset), read=read_panns_state_dict, path=path,
+                          ext_dir=ext_dir, allow_download=allow_download, device=device)
+
+
+def read_panns_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The state dict under ``"model"`` in ``path`` (other top-level entries are ignored)."""
+    return load_weight_file(path, subkey=WEIGHT_SUBKEY)
 
 
 def save_panns(model: Cnn14, path: str | os.PathLike) -> Path:
     """Write ``model`` as ``{"model": state_dict}``, the layout of the official file."""
-    state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    return save_weight_file({WEIGHT_SUBKEY: state_dict}, path)
+    return save_extractor(model, path, subkey=WEIGHT_SUBKEY)

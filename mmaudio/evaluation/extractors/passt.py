@@ -40,13 +40,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmaudio.encoders.motionformer import Mlp, multi_head_attention
 from mmaudio.evaluation.extractors.audio_frontend import (
     AV_BENCH_DURATION_SEC,
     pad_or_cut,
     prepare_av_bench_waveform,
 )
-from mmaudio.evaluation.resolver import DEFAULT_EXT_DIR, resolve_weight
-from mmaudio.weights import build_module, WeightFileError, load_state_dict_strict, load_weight_file, save_weight_file
+from mmaudio.evaluation.extractors.common import load_extractor, save_extractor
+from mmaudio.evaluation.resolver import DEFAULT_EXT_DIR
+from mmaudio.weights import WeightFileError, build_module, load_weight_file
 
 OFFICIAL_FILE_NAME = "passt-s-f128-p16-s10-ap.476-swa.pt"
 
@@ -171,20 +173,8 @@ class _Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        x = F.scaled_dot_product_attention(q, k, v)  # (B, H, N, Dh), scale 1 / sqrt(Dh) as upstream
-        return self.proj(x.transpose(1, 2).reshape(b, n, d))
-
-
-class _Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        q, k, v = self.qkv(x).chunk(3, dim=-1)  # each (B, N, D)
+        return self.proj(multi_head_attention(q, k, v, self.num_heads))  # scale 1 / sqrt(Dh) as upstream
 
 
 class _Block(nn.Module):
@@ -193,7 +183,7 @@ class _Block(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = _Attention(dim, num_heads)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = _Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))  # fc1, GELU, fc2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
@@ -300,19 +290,12 @@ def load_passt(
 ) -> Passt:
     """Build ``preset`` and load ``path`` strictly.
 
-    ``path=None`` finds the file through :func:`~mmaudio.evaluation.resolver.resolve_weight`
-    (``ext_dir/<OFFICIAL_FILE_NAME>``, the Hugging Face cache, a download only with ``allow_download``).
+    ``path=None`` resolves the official file as :func:`~mmaudio.evaluation.extractors.common.load_extractor` says.
     """
-    path = resolve_weight(OFFICIAL_FILE_NAME, explicit=path, ext_dir=ext_dir, allow_download=allow_download)
-    state_dict = read_passt_state_dict(path)
-    with torch.device("meta"):
-        model = Passt(preset)
-    model.to_empty(device="cpu")
-    load_state_dict_strict(model, state_dict, source=path)
-    return model.to(device).eval()
+    return load_extractor(OFFICIAL_FILE_NAME, lambda: Passt(preset), read=read_passt_state_dict, path=path,
+                          ext_dir=ext_dir, allow_download=allow_download, device=device)
 
 
 def save_passt(model: Passt, path: str | os.PathLike) -> Path:
     """Write ``model``'s network weights as one flat state dict (the checkpoint's layout)."""
-    state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    return save_weight_file(state_dict, path)
+    return save_extractor(model, path)

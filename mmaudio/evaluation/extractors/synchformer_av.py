@@ -50,7 +50,7 @@ import torch.nn.functional as F
 import torchaudio
 from torch import nn
 
-from mmaudio.encoders.motionformer import SpatialPooling
+from mmaudio.encoders.motionformer import SpatialPooling, multi_head_attention
 from mmaudio.encoders.synchformer import (
     FEATURE_DIM,
     FPS,
@@ -62,8 +62,9 @@ from mmaudio.encoders.synchformer import (
     num_sync_segments,
 )
 from mmaudio.evaluation.extractors.audio_frontend import resample_av_bench, to_mono_batch
-from mmaudio.evaluation.resolver import DEFAULT_EXT_DIR, resolve_weight
-from mmaudio.weights import build_module, load_state_dict_strict, load_weight_file, save_weight_file
+from mmaudio.evaluation.extractors.common import load_extractor, save_extractor
+from mmaudio.evaluation.resolver import DEFAULT_EXT_DIR
+from mmaudio.weights import build_module
 
 OFFICIAL_FILE_NAME = "synchformer_state_dict.pth"
 
@@ -302,14 +303,8 @@ class _AstSelfAttention(nn.Module):
         self.value = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, length, dim = x.shape
-        h = self.num_heads
-
-        def heads(t: torch.Tensor) -> torch.Tensor:
-            return t.view(n, length, h, dim // h).transpose(1, 2)  # (N, H, L, d)
-
-        out = F.scaled_dot_product_attention(heads(self.query(x)), heads(self.key(x)), heads(self.value(x)))
-        return out.transpose(1, 2).reshape(n, length, dim)  # (N, L, D), heads side by side
+        # no output projection here: HF keeps it in ASTSelfOutput (``attention.output.dense``)
+        return multi_head_attention(self.query(x), self.key(x), self.value(x), self.num_heads)  # (N, L, D)
 
 
 class _AstAttention(nn.Module):
@@ -432,14 +427,7 @@ class _SelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, length, dim = x.shape
-        h = self.num_heads
-
-        def heads(t: torch.Tensor) -> torch.Tensor:
-            return t.view(n, length, h, dim // h).transpose(1, 2)  # (N, H, L, d)
-
-        out = F.scaled_dot_product_attention(heads(self.query(x)), heads(self.key(x)), heads(self.value(x)))
-        return self.proj(out.transpose(1, 2).reshape(n, length, dim))
+        return self.proj(multi_head_attention(self.query(x), self.key(x), self.value(x), self.num_heads))
 
 
 class _SyncBlock(nn.Module):
@@ -679,23 +667,15 @@ def load_synchformer_av(
 ) -> SynchformerAV:
     """Build ``preset`` and load the whole ``synchformer_state_dict.pth`` into it strictly.
 
-    ``path=None`` finds the file through :func:`~mmaudio.evaluation.resolver.resolve_weight`
-    (``ext_dir/synchformer_state_dict.pth``, a download only with ``allow_download``); a missing file
-    raises :class:`~mmaudio.evaluation.resolver.MissingWeightError` naming it and its source.
+    ``path=None`` resolves the official file as :func:`~mmaudio.evaluation.extractors.common.load_extractor` says.
     """
-    path = resolve_weight(OFFICIAL_FILE_NAME, explicit=path, ext_dir=ext_dir, allow_download=allow_download)
-    state_dict = load_weight_file(path)
-    with torch.device("meta"):
-        model = SynchformerAV(preset)
-    model.to_empty(device="cpu")  # every tensor comes from the file
-    load_state_dict_strict(model, state_dict, source=path)
-    return model.to(device).eval()
+    return load_extractor(OFFICIAL_FILE_NAME, lambda: SynchformerAV(preset), path=path, ext_dir=ext_dir,
+                          allow_download=allow_download, device=device)
 
 
 def save_synchformer_av(model: SynchformerAV, path: str | os.PathLike) -> Path:
     """Write ``model``'s weights as one flat state dict, the layout of ``synchformer_state_dict.pth``."""
-    state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    return save_weight_file(state_dict, path)
+    return save_extractor(model, path)
 
 
 def window_bounds(duration_sec: float = CLIP_DURATION_SEC) -> tuple[tuple[float, float], tuple[float, float]]:

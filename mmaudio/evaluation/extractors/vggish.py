@@ -34,8 +34,9 @@ import torch
 from torch import nn
 
 from mmaudio.evaluation.extractors.audio_frontend import AV_BENCH_DURATION_SEC, prepare_av_bench_waveform
-from mmaudio.evaluation.resolver import DEFAULT_EXT_DIR, resolve_weight
-from mmaudio.weights import build_module, WeightFileError, load_state_dict_strict, load_weight_file, save_weight_file
+from mmaudio.evaluation.extractors.common import load_extractor, save_extractor
+from mmaudio.evaluation.resolver import DEFAULT_EXT_DIR
+from mmaudio.weights import WeightFileError, build_module, load_weight_file
 
 OFFICIAL_FILE_NAME = "vggish-10086976.pth"
 IGNORED_PREFIX = "pproc."  # PCA postprocessor of torch.hub's VGGish, unused with postprocess=False
@@ -224,21 +225,20 @@ def load_vggish(
 ) -> Vggish:
     """Build ``preset`` and load the flat state dict in ``path`` strictly (``pproc.*`` ignored).
 
-    ``path=None`` finds the file through :func:`~mmaudio.evaluation.resolver.resolve_weight`
-    (``ext_dir/<OFFICIAL_FILE_NAME>``, the Hugging Face cache, a download only with ``allow_download``).
+    ``path=None`` resolves the official file as :func:`~mmaudio.evaluation.extractors.common.load_extractor` says.
     """
-    path = resolve_weight(OFFICIAL_FILE_NAME, explicit=path, ext_dir=ext_dir, allow_download=allow_download)
+    return load_extractor(OFFICIAL_FILE_NAME, lambda: Vggish(preset), read=read_vggish_state_dict, path=path,
+                          ext_dir=ext_dir, allow_download=allow_download, device=device)
+
+
+def read_vggish_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The flat state dict in ``path`` without torch.hub's ``pproc.*`` (PCA) entries."""
     state_dict = {k: v for k, v in load_weight_file(path).items() if not k.startswith(IGNORED_PREFIX)}
     if not state_dict:
         raise WeightFileError(f"weight file {path} holds no VGGish weights (only '{IGNORED_PREFIX}*' entries)")
-    with torch.device("meta"):
-        model = Vggish(preset)
-    model.to_empty(device="cpu")
-    load_state_dict_strict(model, state_dict, source=path)
-    return model.to(device).eval()
+    return state_dict
 
 
 def save_vggish(model: Vggish, path: str | os.PathLike) -> Path:
     """Write ``model``'s weights as one flat state dict, the layout of ``vggish-10086976.pth``."""
-    state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    return save_weight_file(state_dict, path)
+    return save_extractor(model, path)
