@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import inspect
 import sys
 import time
 from pathlib import Path
@@ -35,19 +34,17 @@ SCRIPTS: list[tuple[str, str, dict]] = [
 
 
 def run_all(upstream_dir: str, deps: list[str], only: set[str] | None = None) -> list[tuple[str, str, float, float]]:
-    """[(encoder, output, max rel diff, seconds of its script)] for every script selected."""
-    for d in deps:
-        if d not in sys.path:
-            sys.path.append(d)  # after our own packages: upstream only borrows what we lack
+    """[(encoder, output, max rel diff, seconds of its script)] for every script selected.
+
+    ``deps`` go to each script's ``run``, whose ``upstream_package`` puts them after our own packages.
+    """
     rows: list[tuple[str, str, float, float]] = []
     for encoder, module, kwargs in SCRIPTS:
         if only is not None and module not in only:
             continue
         script = importlib.import_module(f"bench.parity.{module}")
-        if "deps" in inspect.signature(script.run).parameters:
-            kwargs = {**kwargs, "deps": deps}
         start = time.perf_counter()
-        results = script.run(upstream_dir, **kwargs)
+        results = script.run(upstream_dir, deps=deps, **kwargs)
         seconds = time.perf_counter() - start
         rows += [(encoder, output, diff, seconds) for output, diff in results]
     return rows
@@ -70,7 +67,8 @@ def format_table(rows: list[tuple[str, str, float, float]], tolerance: float = T
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--upstream", required=True, help="checkout of hkchengrex/MMAudio")
-    parser.add_argument("--deps", action="append", default=[], help="folder of packages upstream needs (einops, librosa)")
+    parser.add_argument("--deps", action="append", default=[],
+                        help="folder of packages upstream needs (einops, librosa)")
     parser.add_argument("--only", default=None, help=f"comma-separated subset of {[m for _, m, _ in SCRIPTS]}")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
     args = parser.parse_args()

@@ -52,7 +52,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.parity.network import _randomize, _upstream_network, _upstream_package  # noqa: E402
+from bench.parity.common import upstream_package  # noqa: E402
+from bench.parity.network import _randomize, _upstream_network  # noqa: E402
 from mmaudio.config import validate  # noqa: E402
 from mmaudio.features import LATENT_SHAPES  # noqa: E402
 from mmaudio.model import layers  # noqa: E402
@@ -201,7 +202,7 @@ def upstream_modules(upstream_dir: str) -> Iterator[None]:
     stubs["mmaudio.model.utils.features_utils"].FeaturesUtils = object
     stubs["mmaudio.utils.logger"].TensorboardLogger = object
     stubs["mmaudio.utils.video_joiner"].VideoJoiner = object
-    with _upstream_package(upstream_dir, []):
+    with upstream_package(upstream_dir, []):
         saved = {k: sys.modules.get(k) for k in stubs}
         sys.modules.update(stubs)
         try:

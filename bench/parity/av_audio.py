@@ -28,7 +28,6 @@ video sampler that AudioDataset does not use) is stubbed if missing.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib
 import math
@@ -49,31 +48,19 @@ from mmaudio.evaluation.extractors.passt import WINDOW_SAMPLES, build_passt, loa
 from mmaudio.evaluation.extractors.vggish import build_vggish, load_vggish, save_vggish
 from mmaudio.weights import load_weight_file
 
+if __package__ in (None, ""):  # run as a file: bench.parity.common is found from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from bench.parity.common import check_under, parity_parser, rel_diff, run_cli, stereo_tones  # noqa: E402
+
 CLIP_RATE = 44_100  # Hz, native rate of the test clips
 CLIP_SEC = 8.5  # longer than av-benchmark's 8 s, so the cut is exercised
-
-
-def _rel(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    ours, ref = ours.detach().double(), ref.detach().double()
-    if ours.shape != ref.shape:
-        raise ValueError(f"shape mismatch: ours {tuple(ours.shape)} vs upstream {tuple(ref.shape)}")
-    return ((ours - ref).abs().max() / ref.abs().max()).item()
 
 
 def _clips(seed: int) -> torch.Tensor:
     """(2, 2, L) stereo clips at 44.1 kHz: a few tones with vibrato, noise and a DC offset."""
     gen = torch.Generator().manual_seed(seed)
-    t = torch.arange(int(CLIP_RATE * CLIP_SEC), dtype=torch.float64) / CLIP_RATE
-    clips = []
-    for _ in range(2):
-        x = torch.zeros(2, t.numel(), dtype=torch.float64)
-        for _ in range(6):
-            f0 = 80 * 2 ** (6 * torch.rand(1, generator=gen).item())  # 80 Hz .. 5 kHz
-            phase = 2 * math.pi * (f0 * t + 3 * torch.sin(2 * math.pi * 0.5 * t))
-            x += 0.1 * torch.rand(2, 1, generator=gen, dtype=torch.float64) * torch.sin(phase)
-        x += 0.05 * torch.randn(x.shape, generator=gen, dtype=torch.float64) + 0.02
-        clips.append(x)
-    return torch.stack(clips).float()
+    return torch.stack([stereo_tones(int(CLIP_RATE * CLIP_SEC), CLIP_RATE, gen) for _ in range(2)]).float()
 
 
 def _randomise(model: torch.nn.Module, seed: int, skip: tuple[str, ...] = ()) -> None:
@@ -133,8 +120,7 @@ def _import_upstream(av_benchmark_dir: str, deps: list[str]) -> dict[str, types.
     with _upstream_path(av_benchmark_dir, deps):
         modules = {key: importlib.import_module(name) for key, name in names.items()}
     for key in ("panns", "vggish", "dataset"):
-        if not str(Path(modules[key].__file__).resolve()).startswith(str(Path(av_benchmark_dir).resolve())):
-            raise RuntimeError(f"imported {modules[key].__file__}, which is not under {av_benchmark_dir}")
+        check_under(modules[key], av_benchmark_dir)
     return modules
 
 
@@ -179,8 +165,8 @@ def _panns(upstream: dict, clips: torch.Tensor, folder: Path) -> list[tuple[str,
         ref = ref_model(wave16)
         mine = ours.extract(clips, CLIP_RATE)
     return [
-        ("PANNs Cnn14 embedding (2, 2048)", _rel(mine["embedding"], ref["2048"])),
-        ("PANNs Cnn14 logits (2, 527)", _rel(mine["logits"], ref["logits"])),
+        ("PANNs Cnn14 embedding (2, 2048)", rel_diff(mine["embedding"], ref["2048"])),
+        ("PANNs Cnn14 logits (2, 527)", rel_diff(mine["logits"], ref["logits"])),
     ]
 
 
@@ -199,7 +185,7 @@ def _vggish(upstream: dict, clips: torch.Tensor, folder: Path) -> list[tuple[str
         wave16 = _upstream_waves(upstream["dataset"], clips, 16_000)
         ref = ref_model(wave16)  # (B, 8, 128)
         mine = ours.extract(clips, CLIP_RATE)["embedding"]
-    return [("VGGish embedding (2, 8, 128)", _rel(mine, ref))]
+    return [("VGGish embedding (2, 8, 128)", rel_diff(mine, ref))]
 
 
 def _passt(upstream: dict, clips: torch.Tensor, folder: Path) -> list[tuple[str, float]]:
@@ -223,8 +209,8 @@ def _passt(upstream: dict, clips: torch.Tensor, folder: Path) -> list[tuple[str,
         ref = ref_model(wave32)  # (B, 527 + 768)
         mine = ours.extract(clips, CLIP_RATE)
     return [
-        ("PaSST embedding (2, 768)", _rel(mine["embedding"], ref[:, 527:])),
-        ("PaSST logits (2, 527)", _rel(mine["logits"], ref[:, :527])),
+        ("PaSST embedding (2, 768)", rel_diff(mine["embedding"], ref[:, 527:])),
+        ("PaSST logits (2, 527)", rel_diff(mine["logits"], ref[:, :527])),
     ]
 
 
@@ -242,18 +228,9 @@ def run(av_benchmark_dir: str, deps: list[str] | None = None) -> list[tuple[str,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--upstream", required=True, help="checkout of hkchengrex/av-benchmark")
-    parser.add_argument("--deps", action="append", default=[],
-                        help="folder with torchlibrosa and hear21passt (hkchengrex/passt_hear21)")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    rows = run(args.upstream, deps=args.deps)
-    width = max(len(name) for name, _ in rows)
-    print(f"{'output':<{width}}  max rel diff (float32, CPU)")
-    for name, diff in rows:
-        print(f"{name:<{width}}  {diff:.3e}")
+    parser = parity_parser(__doc__.splitlines()[0], "checkout of hkchengrex/av-benchmark",
+                           deps_help="folder with torchlibrosa and hear21passt (hkchengrex/passt_hear21)", threads=True)
+    run_cli(parser, lambda args: run(args.upstream, deps=args.deps), "max rel diff (float32, CPU)")
 
 
 if __name__ == "__main__":

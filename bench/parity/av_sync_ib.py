@@ -42,8 +42,6 @@ torchaudio 2.9+, only used by ``VideoDataset.sample``) is stubbed.
 
 from __future__ import annotations
 
-import argparse
-import ast
 import contextlib
 import dataclasses
 import importlib
@@ -51,7 +49,6 @@ import importlib.util
 import math
 import sys
 import tempfile
-import time
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,27 +73,24 @@ from mmaudio.evaluation.extractors.synchformer_av import (
 )
 from mmaudio.weights import load_weight_file
 
+if __package__ in (None, ""):  # run as a file: bench.parity.common is found from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from bench.parity.common import (  # noqa: E402
+    check_under,
+    function_from_source,
+    parity_parser,
+    rel_diff,
+    run_cli,
+    stereo_tones,
+)
+
 CLIP_RATE = 44_100  # Hz, native rate of the test audio
-
-
-def _rel(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    ours, ref = ours.detach().double().cpu(), ref.detach().double().cpu()
-    if ours.shape != ref.shape:
-        raise ValueError(f"shape mismatch: ours {tuple(ours.shape)} vs upstream {tuple(ref.shape)}")
-    return ((ours - ref).abs().max() / ref.abs().max()).item()
 
 
 def _stereo_clip(seconds: float, seed: int) -> torch.Tensor:
     """(2, L) float32 at 44.1 kHz: tones with vibrato, noise and a DC offset."""
-    gen = torch.Generator().manual_seed(seed)
-    t = torch.arange(int(CLIP_RATE * seconds), dtype=torch.float64) / CLIP_RATE
-    x = torch.zeros(2, t.numel(), dtype=torch.float64)
-    for _ in range(6):
-        f0 = 80 * 2 ** (6 * torch.rand(1, generator=gen).item())  # 80 Hz .. 5 kHz
-        phase = 2 * math.pi * (f0 * t + 3 * torch.sin(2 * math.pi * 0.5 * t))
-        x += 0.1 * torch.rand(2, 1, generator=gen, dtype=torch.float64) * torch.sin(phase)
-    x += 0.05 * torch.randn(x.shape, generator=gen, dtype=torch.float64) + 0.02
-    return x.float()
+    return stereo_tones(int(CLIP_RATE * seconds), CLIP_RATE, torch.Generator().manual_seed(seed)).float()
 
 
 def _smooth_frames(num: int, height: int, width: int, seed: int) -> torch.Tensor:
@@ -128,17 +122,6 @@ def _random_state_dict(shapes: dict[str, torch.Size], seed: int) -> dict[str, to
             x = 0.1 * x
         out[key] = x
     return out
-
-
-def _function_from_source(path: Path, name: str, namespace: dict) -> types.FunctionType:
-    """Execute the top-level ``def name`` of ``path`` (only it) in ``namespace`` and return it."""
-    tree = ast.parse(path.read_text(), filename=str(path))
-    defs = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == name]
-    if len(defs) != 1:
-        raise RuntimeError(f"{path} has {len(defs)} top-level functions named {name}")
-    module = ast.Module(body=defs, type_ignores=[])
-    exec(compile(module, str(path), "exec"), namespace)  # noqa: S102 - upstream's own code, verbatim
-    return namespace[name]
 
 
 @contextlib.contextmanager
@@ -176,12 +159,9 @@ def _import_upstream(av_benchmark_dir: str, imagebind_dir: str | None, deps: lis
     with _upstream_path(paths):
         modules = {key: importlib.import_module(name) for key, name in names.items()}
     for key in ("synchformer", "audio_dataset", "video_dataset"):
-        if not str(Path(modules[key].__file__).resolve()).startswith(str(Path(av_benchmark_dir).resolve())):
-            raise RuntimeError(f"imported {modules[key].__file__}, which is not under {av_benchmark_dir}")
-    if imagebind_dir and not str(Path(modules["imagebind_model"].__file__).resolve()).startswith(
-        str(Path(imagebind_dir).resolve())
-    ):
-        raise RuntimeError(f"imported {modules['imagebind_model'].__file__}, which is not under {imagebind_dir}")
+        check_under(modules[key], av_benchmark_dir)
+    if imagebind_dir:
+        check_under(modules["imagebind_model"], imagebind_dir)
     return modules
 
 
@@ -205,7 +185,7 @@ def _synchformer_rows(
     depth_note = "full 12 blocks" if visual_depth >= 12 else f"{visual_depth} of 12 blocks"
 
     # video features: upstream's sync_transform (video_dataset.py:51-57) then encode_video_with_sync
-    encode_video_with_sync = _function_from_source(
+    encode_video_with_sync = function_from_source(
         Path(av_benchmark_dir) / "extract_video.py",
         "encode_video_with_sync",
         {"torch": torch, "rearrange": up["einops"].rearrange, "Synchformer": up["synchformer"].Synchformer},
@@ -217,7 +197,8 @@ def _synchformer_rows(
         normalised = sync_transform(frames[0]).as_subclass(torch.Tensor)  # (T, 3, 224, 224) in [-1, 1]
         ref_v = encode_video_with_sync(ref, normalised[None])  # (1, S, 8, 768)
     ours_v = ours.encode_video_segments(frames)
-    rows.append((f"Synchformer video features {tuple(ref_v.shape)}, Motionformer {depth_note}", _rel(ours_v, ref_v)))
+    rows.append((f"Synchformer video features {tuple(ref_v.shape)}, Motionformer {depth_note}",
+                 rel_diff(ours_v, ref_v)))
 
     # audio features: SynchformerAudioDataset.sample's steps (audio_dataset.py:206-222) then
     # encode_audio_with_sync with the MelSpectrogram of extraction_models.py:57-63
@@ -226,9 +207,9 @@ def _synchformer_rows(
     with mock.patch.object(up["audio_dataset"].torchaudio, "load", return_value=(stereo, CLIP_RATE)):
         ref_wave, _ = dataset.sample(0)
     ours_wave = prepare_sync_audio(stereo[None], CLIP_RATE, duration_sec=WINDOW_SAMPLES / 16000)
-    rows.append(("Synchformer audio input (mono, resampled, cut) (1, 76800)", _rel(ours_wave, ref_wave[None])))
+    rows.append(("Synchformer audio input (mono, resampled, cut) (1, 76800)", rel_diff(ours_wave, ref_wave[None])))
     torchaudio = up["audio_dataset"].torchaudio
-    encode_audio_with_sync = _function_from_source(
+    encode_audio_with_sync = function_from_source(
         Path(av_benchmark_dir) / "av_bench" / "extract.py",
         "encode_audio_with_sync",
         {"torch": torch, "torchaudio": torchaudio, "pad_or_truncate": up["audio_dataset"].pad_or_truncate,
@@ -241,20 +222,20 @@ def _synchformer_rows(
     with torch.no_grad():
         ref_a = encode_audio_with_sync(ref, ref_wave[None], mel)  # (1, 14, 6, 768)
     ours_a = ours.encode_audio_segments(ours_wave)
-    rows.append(("Synchformer audio features (1, 14, 6, 768), full AST", _rel(ours_a, ref_a)))
+    rows.append(("Synchformer audio features (1, 14, 6, 768), full AST", rel_diff(ours_a, ref_a)))
 
     gen = torch.Generator().manual_seed(4)
     if end_to_end:  # frames and audio of one 4.8 s window -> logits, through the whole model
         with torch.no_grad():
             ref_logits = ref.compare_v_a(ref_v, ref_a)
         ours_logits = ours.predict_offsets(frames, ours_wave)
-        rows.append(("predict_offsets logits, one 4.8 s window (1, 21), end to end", _rel(ours_logits, ref_logits)))
+        rows.append(("predict_offsets logits, one 4.8 s window (1, 21), end to end", rel_diff(ours_logits, ref_logits)))
     else:  # the same 14-segment features on both sides (upstream's video features, padded)
         v14 = torch.cat((ref_v.expand(2, -1, -1, -1), torch.randn(2, 14 - ref_v.shape[1], 8, 768, generator=gen)), 1)
         a14 = torch.cat((ref_a, torch.randn(1, 14, 6, 768, generator=gen)))
         with torch.no_grad():
             ref_logits = ref.compare_v_a(v14, a14)
-        rows.append(("compare logits, one 4.8 s window (2, 21)", _rel(ours.compare(v14, a14), ref_logits)))
+        rows.append(("compare logits, one 4.8 s window (2, 21)", rel_diff(ours.compare(v14, a14), ref_logits)))
     # DeSync: upstream's two slices of 8 s (24-segment) features, its grid and argmax
     v24, a24 = torch.randn(3, 24, 8, 768, generator=gen), torch.randn(3, 24, 6, 768, generator=gen)
     with torch.no_grad():
@@ -262,9 +243,9 @@ def _synchformer_rows(
         ref_last = ref.compare_v_a(v24[:, -14:], a24[:, -14:])  # evaluate.py:185
         ref_two = torch.stack((ref_first, ref_last), dim=1)
     ours_two = ours.desync_logits(v24, a24)
-    rows.append(("DeSync logits, first and last window (3, 2, 21)", _rel(ours_two, ref_two)))
+    rows.append(("DeSync logits, first and last window (3, 2, 21)", rel_diff(ours_two, ref_two)))
     grid = up["synchformer"].make_class_grid(-2, 2, 21)
-    rows.append(("DeSync offset grid (21,)", _rel(offset_grid(), grid)))
+    rows.append(("DeSync offset grid (21,)", rel_diff(offset_grid(), grid)))
     same_argmax = torch.equal(ours_two.argmax(-1), ref_two.argmax(-1))
     rows.append(("DeSync argmax classes differ (0 = identical)", 0.0 if same_argmax else 1.0))
     return rows
@@ -306,7 +287,7 @@ def _imagebind_rows(
     frames = _smooth_frames(4, 180, 320, seed=6)  # (4, 3, 180, 320): 0.5 fps for 8 s
     ib_chunk = dataset.ib_transform(frames).as_subclass(torch.Tensor)  # (4, 3, 224, 398)
     ib_chunk = torch.stack(dataset.crop([ib_chunk]))  # (3, 4, 3, 224, 224)
-    encode_video_with_imagebind = _function_from_source(
+    encode_video_with_imagebind = function_from_source(
         Path(av_benchmark_dir) / "extract_video.py",
         "encode_video_with_imagebind",
         {"torch": torch, "rearrange": up["einops"].rearrange, "ModalityType": modality, "imagebind_model": None},
@@ -314,7 +295,7 @@ def _imagebind_rows(
     with torch.no_grad():
         ref_v = encode_video_with_imagebind(ref, ib_chunk[None])  # (1, 1024)
     ours_v = ours.encode_video(frames[None])
-    rows.append((f"ImageBind video embedding (1, 1024), vision {vision_depth} of 32 blocks", _rel(ours_v, ref_v)))
+    rows.append((f"ImageBind video embedding (1, 1024), vision {vision_depth} of 32 blocks", rel_diff(ours_v, ref_v)))
 
     # audio: ImageBindAudioDataset.load_and_transform_audio_data (audio_dataset.py:150-186), extract.py:101-103
     stereo = _stereo_clip(8.0, seed=7)  # (2, 352800) at 44.1 kHz
@@ -324,7 +305,7 @@ def _imagebind_rows(
     with torch.no_grad():
         ref_a = ref({modality.AUDIO: ref_in})[modality.AUDIO]  # (1, 1024)
     ours_a = ours.encode_audio(stereo[None], CLIP_RATE)
-    rows.append(("ImageBind audio embedding (1, 1024), full 12 blocks", _rel(ours_a, ref_a)))
+    rows.append(("ImageBind audio embedding (1, 1024), full 12 blocks", rel_diff(ours_a, ref_a)))
     ib_ref = torch.cosine_similarity(ref_v, ref_a, dim=-1).mean().item()
     ib_ours = torch.cosine_similarity(ours_v, ours_a, dim=-1).mean().item()
     rows.append(("IB-score of the pair (abs diff)", abs(ib_ours - ib_ref)))
@@ -356,24 +337,19 @@ def run(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--upstream", required=True, help="checkout of hkchengrex/av-benchmark")
+    parser = parity_parser(__doc__.splitlines()[0], "checkout of hkchengrex/av-benchmark",
+                           deps_help="extra folder of packages upstream needs", threads=True)
     parser.add_argument("--imagebind", default=None, help="checkout of hkchengrex/ImageBind")
-    parser.add_argument("--deps", action="append", default=[], help="extra folder of packages upstream needs")
     parser.add_argument("--visual-depth", type=int, default=12, help="Motionformer blocks to compare (12 = full)")
     parser.add_argument("--vision-depth", type=int, default=32, help="ImageBind vision blocks to compare (32 = full)")
     parser.add_argument("--end-to-end", action="store_true", help="also run a whole 4.8 s window end to end")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    start = time.perf_counter()
-    rows = run(args.upstream, args.imagebind, args.deps, visual_depth=args.visual_depth,
-               vision_depth=args.vision_depth, end_to_end=args.end_to_end)
-    width = max(len(name) for name, _ in rows)
-    print(f"{'output':<{width}}  max rel diff (float32, CPU)")
-    for name, diff in rows:
-        print(f"{name:<{width}}  {diff:.3e}")
-    print(f"({time.perf_counter() - start:.0f} s)")
+    run_cli(
+        parser,
+        lambda args: run(args.upstream, args.imagebind, args.deps, visual_depth=args.visual_depth,
+                         vision_depth=args.vision_depth, end_to_end=args.end_to_end),
+        "max rel diff (float32, CPU)",
+        timed=True,
+    )
 
 
 if __name__ == "__main__":

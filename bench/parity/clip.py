@@ -22,13 +22,10 @@ about 9 GB of memory and is practical on a GPU (``--device cuda``).
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import importlib
 import json
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -45,6 +42,11 @@ from mmaudio.encoders.clip import (
     save_empty_string,
 )
 
+if __package__ in (None, ""):  # run as a file: bench.parity.common is found from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from bench.parity.common import check_under, parity_parser, rel_diff, run_cli, upstream_package  # noqa: E402
+
 CAPTIONS = ["", "a dog barks twice in a small room", "rain on a tin roof, distant thunder " * 8]
 # Upstream's FeaturesUtils: Normalize constants and tokenizer name (facts read from its source).
 UPSTREAM_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -54,32 +56,10 @@ UPSTREAM_TOKENIZER = "ViT-H-14-378-quickgelu"
 UPSTREAM_OFFICIAL_CFG_NAME = "ViT-H-14-378-quickgelu"
 
 
-@contextlib.contextmanager
-def _upstream_package(upstream_dir: str, deps: list[str]) -> Iterator[None]:
-    """Make ``import mmaudio`` resolve to upstream's package for the duration, then restore ours.
-
-    Both packages are called ``mmaudio``; upstream modules imported inside keep working afterwards
-    because they hold references to the submodules they imported.
-    """
-    ours = {k: m for k, m in sys.modules.items() if k == "mmaudio" or k.startswith("mmaudio.")}
-    for k in ours:
-        del sys.modules[k]
-    sys.path.insert(0, upstream_dir)
-    sys.path.extend(deps)  # after site-packages: only fills in what the venv lacks
-    try:
-        yield
-    finally:
-        sys.path.remove(upstream_dir)
-        for k in [k for k in sys.modules if k == "mmaudio" or k.startswith("mmaudio.")]:
-            del sys.modules[k]
-        sys.modules.update(ours)
-
-
 def _import_upstream_features_utils(upstream_dir: str, deps: list[str]) -> ModuleType:
-    with _upstream_package(upstream_dir, deps):
+    with upstream_package(upstream_dir, deps):
         module = importlib.import_module("mmaudio.model.utils.features_utils")
-    if not str(Path(module.__file__).resolve()).startswith(str(Path(upstream_dir).resolve())):
-        raise RuntimeError(f"imported {module.__file__}, not upstream's features_utils under {upstream_dir}")
+    check_under(module, upstream_dir)
     return module
 
 
@@ -87,13 +67,6 @@ def _write_checkpoint_folder(model: open_clip.CLIP, model_cfg: dict, folder: Pat
     save_clip(model, folder / "open_clip_pytorch_model.bin")
     config = {"model_cfg": model_cfg, "preprocess_cfg": {"mean": UPSTREAM_CLIP_MEAN, "std": UPSTREAM_CLIP_STD}}
     (folder / "open_clip_config.json").write_text(json.dumps(config, indent=2))
-
-
-def _rel(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    ours, ref = ours.detach().float().cpu(), ref.detach().float().cpu()
-    if ours.shape != ref.shape:
-        raise ValueError(f"shape mismatch: ours {tuple(ours.shape)} vs upstream {tuple(ref.shape)}")
-    return ((ours - ref).abs().max() / ref.abs().max()).item()
 
 
 def run(
@@ -140,25 +113,24 @@ def run(
 
     return [
         ("tokens (exact: 0 = identical)", float(not torch.equal(ours_tokens, ref_tokens))),
-        (f"clip_features {tuple(ref_image.shape)}", _rel(ours_image, ref_image)),
-        (f"text_features {tuple(ref_text.shape)}", _rel(ours_text, ref_text)),
-        ("empty_string.pth [0] vs encode_text([''])[0]", _rel(ours_empty, ref_text[0])),
+        (f"clip_features {tuple(ref_image.shape)}", rel_diff(ours_image, ref_image)),
+        (f"text_features {tuple(ref_text.shape)}", rel_diff(ours_text, ref_text)),
+        ("empty_string.pth [0] vs encode_text([''])[0]", rel_diff(ours_empty, ref_text[0])),
     ]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--upstream", required=True, help="checkout of hkchengrex/MMAudio")
-    parser.add_argument("--deps", action="append", default=[], help="extra folder of packages upstream needs")
+    parser = parity_parser(__doc__.splitlines()[0], "checkout of hkchengrex/MMAudio",
+                           deps_help="extra folder of packages upstream needs")
     parser.add_argument("--preset", default="tiny", choices=["tiny", "official"])
     parser.add_argument("--num-frames", type=int, default=8, help="frames in total, split over a batch of 2")
     parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
-    rows = run(args.upstream, preset=args.preset, num_frames=args.num_frames, device=args.device, deps=args.deps)
-    width = max(len(name) for name, _ in rows)
-    print(f"{'output':<{width}}  max rel diff (preset {args.preset}, {args.device})")
-    for name, diff in rows:
-        print(f"{name:<{width}}  {diff:.3e}")
+    run_cli(
+        parser,
+        lambda args: run(args.upstream, preset=args.preset, num_frames=args.num_frames, device=args.device,
+                         deps=args.deps),
+        "max rel diff (preset {preset}, {device})",
+    )
 
 
 if __name__ == "__main__":

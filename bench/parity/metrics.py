@@ -7,8 +7,6 @@ transformers). Prints ``name  max relative difference``.
 
 from __future__ import annotations
 
-import argparse
-import ast
 import sys
 from pathlib import Path
 
@@ -17,13 +15,15 @@ import torch
 
 from mmaudio.evaluation import metrics
 
+if __package__ in (None, ""):  # run as a file: bench.parity.common is found from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from bench.parity.common import function_from_source, parity_parser, run_cli  # noqa: E402
+
 
 def _upstream_class_grid(upstream_dir: str):
-    source = (Path(upstream_dir) / "av_bench" / "synchformer" / "synchformer.py").read_text()
-    fn = next(n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name == "make_class_grid")
-    namespace = {"np": np, "torch": torch}
-    exec(compile(ast.Module([fn], []), "make_class_grid", "exec"), namespace)
-    return namespace["make_class_grid"]
+    path = Path(upstream_dir) / "av_bench" / "synchformer" / "synchformer.py"
+    return function_from_source(path, "make_class_grid", {"np": np, "torch": torch})
 
 
 def _rel(a: float, b: float) -> float:
@@ -58,9 +58,10 @@ def run(upstream_dir: str) -> list[tuple[str, float]]:
     return out
 
 
+def main() -> None:
+    parser = parity_parser(__doc__, "av-benchmark checkout")
+    run_cli(parser, lambda args: run(args.upstream), "relative difference (desync_grid: absolute)")
+
+
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--upstream", required=True, help="av-benchmark checkout")
-    args = parser.parse_args()
-    for name, diff in run(args.upstream):
-        print(f"{name:24s} {diff:.3e}")
+    main()

@@ -24,14 +24,11 @@ lacks (e.g. ``pip install --target DIR einops``).
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import dataclasses
 import importlib
 import math
 import sys
-import time
-from collections.abc import Iterator
+from pathlib import Path
 from types import ModuleType
 
 import torch
@@ -40,27 +37,14 @@ from mmaudio.model import flow_matching as fm
 from mmaudio.model.network import NETWORK_PRESETS, MMAudioNetwork, NetworkPreset, build_network
 from mmaudio.weights import load_state_dict_strict
 
+if __package__ in (None, ""):  # run as a file: bench.parity.common is found from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-@contextlib.contextmanager
-def _upstream_package(upstream_dir: str, deps: list[str]) -> Iterator[None]:
-    """Make ``import mmaudio`` resolve to upstream's package (same name as ours), then restore ours;
-    upstream modules imported inside keep their references and stay usable."""
-    ours = {k: m for k, m in sys.modules.items() if k == "mmaudio" or k.startswith("mmaudio.")}
-    for k in ours:
-        del sys.modules[k]
-    sys.path.insert(0, upstream_dir)
-    sys.path.extend(deps)  # after site-packages: only fills in what the environment lacks
-    try:
-        yield
-    finally:
-        sys.path.remove(upstream_dir)
-        for k in [k for k in sys.modules if k == "mmaudio" or k.startswith("mmaudio.")]:
-            del sys.modules[k]
-        sys.modules.update(ours)
+from bench.parity.common import parity_parser, rel_diff, run_cli, upstream_package  # noqa: E402
 
 
 def _import_upstream(upstream_dir: str, deps: list[str]) -> tuple[ModuleType, ModuleType, ModuleType]:
-    with _upstream_package(upstream_dir, deps):
+    with upstream_package(upstream_dir, deps):
         networks = importlib.import_module("mmaudio.model.networks")
         flow = importlib.import_module("mmaudio.model.flow_matching")
         sample_utils = importlib.import_module("mmaudio.model.utils.sample_utils")
@@ -106,12 +90,6 @@ def _randomize(module: torch.nn.Module, seed: int) -> None:
             p.copy_(0.1 * noise)
 
 
-def _rel(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    if ours.shape != ref.shape:
-        raise AssertionError(f"shape mismatch: ours {tuple(ours.shape)} vs upstream {tuple(ref.shape)}")
-    return ((ours - ref).abs().max() / ref.abs().max()).item()
-
-
 def _paired(networks: ModuleType, preset: NetworkPreset, seed: int) -> tuple[MMAudioNetwork, torch.nn.Module]:
     """Upstream and our network with identical random weights, each loaded strictly from the other."""
     ref = _upstream_network(networks, preset).eval()
@@ -139,16 +117,17 @@ def _network_rows(networks: ModuleType, preset: NetworkPreset, batch: int, seed:
     ours, ref = _paired(networks, preset, seed)
     x = _inputs(preset, batch, seed + 1)
     rows = [
-        (f"{preset.name}: flow", _rel(ours(**x), ref(**x))),
+        (f"{preset.name}: flow", rel_diff(ours(**x), ref(**x))),
         (f"{preset.name}: state dict round trip (max |diff|)", max(
             (v - ref.state_dict()[k]).abs().max().item() for k, v in ours.state_dict().items()
         )),
     ]
     # the unconditional branch, and the normalisation buffers
     e_ours, e_ref = ours.get_empty_conditions(batch), ref.get_empty_conditions(batch)
-    rows.append((f"{preset.name}: flow | empty conditions",
-                 _rel(ours.predict_flow(x["latent"], x["t"], e_ours), ref.predict_flow(x["latent"], x["t"], e_ref))))
-    rows.append((f"{preset.name}: normalize", _rel(ours.normalize(x["latent"]), ref.normalize(x["latent"].clone()))))
+    rows.append((f"{preset.name}: flow | empty conditions", rel_diff(
+        ours.predict_flow(x["latent"], x["t"], e_ours), ref.predict_flow(x["latent"], x["t"], e_ref))))
+    rows.append((f"{preset.name}: normalize",
+                 rel_diff(ours.normalize(x["latent"]), ref.normalize(x["latent"].clone()))))
     return rows
 
 
@@ -165,7 +144,7 @@ def _sampling_rows(networks: ModuleType, flow: ModuleType, preset: NetworkPreset
         c_ours = ours.preprocess_conditions(x["clip_f"], x["sync_f"], x["text_f"])
         e_ours = ours.get_empty_conditions(2)
         got = fm.euler_sample(fm.cfg_velocity_fn(ours.predict_flow, c_ours, e_ours, cfg), x["latent"], num_steps=4)
-        rows.append((f"{preset.name}: 4-step Euler sample, cfg {cfg}", _rel(got, want)))
+        rows.append((f"{preset.name}: 4-step Euler sample, cfg {cfg}", rel_diff(got, want)))
     return rows
 
 
@@ -176,21 +155,21 @@ def _flow_math_rows(flow: ModuleType, sample_utils: ModuleType) -> list[tuple[st
     rows = []
     for min_sigma in (0.0, 1e-4):
         up = flow.FlowMatching(min_sigma=min_sigma, inference_mode="euler", num_steps=7)
-        rows.append((f"x_t, min_sigma {min_sigma}", _rel(fm.interpolate(x0, x1, t, min_sigma=min_sigma),
+        rows.append((f"x_t, min_sigma {min_sigma}", rel_diff(fm.interpolate(x0, x1, t, min_sigma=min_sigma),
                                                          up.get_conditional_flow(x0, x1, t))))
-        rows.append((f"loss, min_sigma {min_sigma}", _rel(fm.flow_matching_loss(v, x0, x1, min_sigma=min_sigma),
+        rows.append((f"loss, min_sigma {min_sigma}", rel_diff(fm.flow_matching_loss(v, x0, x1, min_sigma=min_sigma),
                                                           up.loss(v, x0, x1))))
         field = lambda tt, z: -z + tt * x1  # noqa: E731 - a cheap non-trivial time-dependent field
         rows.append((f"Euler 7 steps on a linear field, min_sigma {min_sigma}",
-                     _rel(fm.euler_sample(field, x0, num_steps=7, min_sigma=min_sigma), up.to_data(field, x0))))
+                     rel_diff(fm.euler_sample(field, x0, num_steps=7, min_sigma=min_sigma), up.to_data(field, x0))))
     ours_t = fm.sample_logit_normal_t(1000, generator=torch.Generator().manual_seed(5), mean=0.3, scale=1.2)
     ref_t = sample_utils.log_normal_sample(torch.empty(1000), generator=torch.Generator().manual_seed(5), m=0.3, s=1.2)
-    rows.append(("logit-normal t (seeded)", _rel(ours_t, ref_t)))
+    rows.append(("logit-normal t (seeded)", rel_diff(ours_t, ref_t)))
     up_adaptive = flow.FlowMatching(min_sigma=0.0, inference_mode="adaptive")
     field = lambda tt, z: -z + tt * x1[:1, :8]  # noqa: E731
     # upstream's adaptive branch returns the (t0, t1) trajectory; its last entry is the sample
     rows.append(("adaptive dopri5 on a linear field",
-                 _rel(fm.adaptive_sample(field, x0[:1, :8]), up_adaptive.to_data(field, x0[:1, :8])[-1])))
+                 rel_diff(fm.adaptive_sample(field, x0[:1, :8]), up_adaptive.to_data(field, x0[:1, :8])[-1])))
     return rows
 
 
@@ -209,17 +188,9 @@ def run(upstream_dir: str, deps: list[str] | None = None) -> list[tuple[str, flo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--upstream", required=True, help="checkout of hkchengrex/MMAudio")
-    parser.add_argument("--deps", action="append", default=[], help="extra sys.path entry for upstream's imports")
-    args = parser.parse_args()
-    start = time.perf_counter()
-    rows = run(args.upstream, args.deps)
-    width = max(len(name) for name, _ in rows)
-    print(f"{'output':<{width}}  rel. diff (float32, CPU)")
-    for name, diff in rows:
-        print(f"{name:<{width}}  {diff:.3e}")
-    print(f"({time.perf_counter() - start:.1f} s)")
+    parser = parity_parser(__doc__.split("\n\n")[0], "checkout of hkchengrex/MMAudio",
+                           deps_help="extra sys.path entry for upstream's imports")
+    run_cli(parser, lambda args: run(args.upstream, args.deps), "rel. diff (float32, CPU)", timed=True)
 
 
 if __name__ == "__main__":

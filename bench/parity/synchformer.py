@@ -26,14 +26,11 @@ Upstream's package needs einops, timm and omegaconf (and librosa for ``features_
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import dataclasses
 import importlib
 import math
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -50,36 +47,19 @@ from mmaudio.encoders.synchformer import (
 )
 from mmaudio.weights import load_weight_file
 
+if __package__ in (None, ""):  # run as a file: bench.parity.common is found from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-@contextlib.contextmanager
-def _upstream_package(upstream_dir: str, deps: list[str]) -> Iterator[None]:
-    """Let ``import mmaudio`` find upstream's package (ours has the same name), then restore ours.
-
-    Upstream modules imported inside keep working afterwards: they hold references to what they
-    imported.
-    """
-    ours = {k: m for k, m in sys.modules.items() if k == "mmaudio" or k.startswith("mmaudio.")}
-    for k in ours:
-        del sys.modules[k]
-    sys.path.insert(0, upstream_dir)
-    sys.path.extend(deps)  # after site-packages: fills in only what the environment lacks
-    try:
-        yield
-    finally:
-        sys.path.remove(upstream_dir)
-        for k in [k for k in sys.modules if k == "mmaudio" or k.startswith("mmaudio.")]:
-            del sys.modules[k]
-        sys.modules.update(ours)
+from bench.parity.common import check_under, parity_parser, rel_diff, run_cli, upstream_package  # noqa: E402
 
 
 def _import_upstream(upstream_dir: str, deps: list[str]) -> tuple[ModuleType, ModuleType]:
     """Upstream's ``mmaudio.ext.synchformer`` and ``mmaudio.model.utils.features_utils``."""
-    with _upstream_package(upstream_dir, deps):
+    with upstream_package(upstream_dir, deps):
         synchformer = importlib.import_module("mmaudio.ext.synchformer")
         features_utils = importlib.import_module("mmaudio.model.utils.features_utils")
     for module in (synchformer, features_utils):
-        if not str(Path(module.__file__).resolve()).startswith(str(Path(upstream_dir).resolve())):
-            raise RuntimeError(f"imported {module.__file__}, which is not under {upstream_dir}")
+        check_under(module, upstream_dir)
     return synchformer, features_utils
 
 
@@ -98,13 +78,6 @@ def _random_state_dict(shapes: dict[str, torch.Size], seed: int) -> dict[str, to
             x = 0.1 * x
         out[key] = x
     return out
-
-
-def _rel(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    ours, ref = ours.detach().float().cpu(), ref.detach().float().cpu()
-    if ours.shape != ref.shape:
-        raise ValueError(f"shape mismatch: ours {tuple(ours.shape)} vs upstream {tuple(ref.shape)}")
-    return ((ours - ref).abs().max() / ref.abs().max()).item()
 
 
 def _compare(
@@ -136,7 +109,7 @@ def _compare(
     fu = fu.eval()
     # upstream normalises in its torchvision transform, before encode_video_with_sync
     ref_features = fu.encode_video_with_sync((frames - PIXEL_MEAN) / PIXEL_STD, batch_size=batch_size)
-    return _rel(ours_features, ref_features)
+    return rel_diff(ours_features, ref_features)
 
 
 def run(upstream_dir: str, *, deps: list[str] | None = None) -> list[tuple[str, float]]:
@@ -159,17 +132,9 @@ def run(upstream_dir: str, *, deps: list[str] | None = None) -> list[tuple[str, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--upstream", required=True, help="checkout of hkchengrex/MMAudio")
-    parser.add_argument("--deps", action="append", default=[], help="extra folder of packages upstream needs")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    rows = run(args.upstream, deps=args.deps)
-    width = max(len(name) for name, _ in rows)
-    print(f"{'output':<{width}}  max rel diff (float32, CPU)")
-    for name, diff in rows:
-        print(f"{name:<{width}}  {diff:.3e}")
+    parser = parity_parser(__doc__.splitlines()[0], "checkout of hkchengrex/MMAudio",
+                           deps_help="extra folder of packages upstream needs", threads=True)
+    run_cli(parser, lambda args: run(args.upstream, deps=args.deps), "max rel diff (float32, CPU)")
 
 
 if __name__ == "__main__":

@@ -11,17 +11,14 @@ For each rate (16k, 44k), at full size:
 
 Needs upstream's imports to resolve: librosa (mel filters) and einops (VAE modules).
 
-    python bench/parity/vae.py --upstream /path/to/MMAudio
+    python bench/parity/vae.py --upstream /path/to/MMAudio [--deps DIR]
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import importlib
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -30,37 +27,17 @@ from mmaudio.encoders.mel import MelConverter
 from mmaudio.encoders.vae import load_vae, waveform_to_latent
 from mmaudio.weights import save_weight_file
 
+if __package__ in (None, ""):  # run as a file: bench.parity.common is found from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from bench.parity.common import parity_parser, rel_diff, run_cli, upstream_package  # noqa: E402
+
 SAMPLE_RATES = {"16k": 16_000, "44k": 44_100}
 
 
-@contextlib.contextmanager
-def _upstream_package(upstream_dir: str) -> Iterator[None]:
-    """Make ``import mmaudio`` resolve to upstream's package for the duration, then restore ours.
-
-    Both packages are named ``mmaudio``; upstream modules imported inside keep working afterwards
-    because they hold references to what they imported.
-    """
-    ours = {k: m for k, m in sys.modules.items() if k == "mmaudio" or k.startswith("mmaudio.")}
-    for k in ours:
-        del sys.modules[k]
-    sys.path.insert(0, upstream_dir)
-    try:
-        yield
-    finally:
-        sys.path.remove(upstream_dir)
-        for k in [k for k in sys.modules if k == "mmaudio" or k.startswith("mmaudio.")]:
-            del sys.modules[k]
-        sys.modules.update(ours)
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max |a - b| / max |b|, b being upstream's."""
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
-
-
-def run(upstream_dir: str) -> list[tuple[str, float]]:
+def run(upstream_dir: str, deps: list[str] | None = None) -> list[tuple[str, float]]:
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
-    with _upstream_package(upstream_dir):
+    with upstream_package(upstream_dir, deps or []):
         up_mel = importlib.import_module("mmaudio.ext.mel_converter")
         up_vae = importlib.import_module("mmaudio.ext.autoencoder.vae")
 
@@ -70,9 +47,9 @@ def run(upstream_dir: str) -> list[tuple[str, float]]:
         wave = 1.2 * (2 * torch.rand(2, sample_rate, generator=gen) - 1)  # (B, L) 1 s, some beyond +-1
 
         theirs_mel, ours_mel = up_mel.get_mel_converter(mode), MelConverter(mode)
-        results.append((f"{mode} mel filterbank", _rel(ours_mel.mel_basis, theirs_mel.mel_basis)))
+        results.append((f"{mode} mel filterbank", rel_diff(ours_mel.mel_basis, theirs_mel.mel_basis)))
         mel_ref = theirs_mel(wave)  # (B, n_mels, T)
-        results.append((f"{mode} log-mel", _rel(ours_mel(wave), mel_ref)))
+        results.append((f"{mode} log-mel", rel_diff(ours_mel(wave), mel_ref)))
 
         torch.manual_seed(1)  # upstream draws its raw kernels from the global generator
         theirs = up_vae.get_my_vae(mode).eval()
@@ -87,24 +64,19 @@ def run(upstream_dir: str) -> list[tuple[str, float]]:
         with torch.no_grad():
             post = theirs.encode(mel_ref)
             mean, std = ours.encode(mel_ref)
-            results.append((f"{mode} encode mean", _rel(mean, post.mean)))
-            results.append((f"{mode} encode std", _rel(std, post.std)))
-            results.append((f"{mode} decode(mean)", _rel(ours.decode(post.mean), theirs.decode(post.mean))))
+            results.append((f"{mode} encode mean", rel_diff(mean, post.mean)))
+            results.append((f"{mode} encode std", rel_diff(std, post.std)))
+            results.append((f"{mode} decode(mean)", rel_diff(ours.decode(post.mean), theirs.decode(post.mean))))
             chain = waveform_to_latent(wave, ours_mel, ours)
-            results.append((f"{mode} waveform->latent mean", _rel(chain.mean.transpose(1, 2), post.mean)))
+            results.append((f"{mode} waveform->latent mean", rel_diff(chain.mean.transpose(1, 2), post.mean)))
         del theirs, ours
     return results
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--upstream", required=True, help="checkout of hkchengrex/MMAudio")
-    args = parser.parse_args()
-    rows = run(args.upstream)
-    width = max(len(name) for name, _ in rows)
-    print(f"{'output':<{width}}  max rel diff (float32)")
-    for name, diff in rows:
-        print(f"{name:<{width}}  {diff:.3e}")
+    parser = parity_parser(__doc__, "checkout of hkchengrex/MMAudio",
+                           deps_help="extra folder of packages upstream needs")
+    run_cli(parser, lambda args: run(args.upstream, args.deps), "max rel diff (float32)")
 
 
 if __name__ == "__main__":

@@ -13,44 +13,26 @@ formats, then read by each side's own loader:
 Each is also compared with weight norm still applied (upstream module given the same state dict).
 The mel is short (16 frames) so the full-size models run in seconds.
 
-    python bench/parity/vocoder.py --upstream /path/to/MMAudio
+    python bench/parity/vocoder.py --upstream /path/to/MMAudio [--deps DIR]
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import importlib
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from mmaudio.encoders.bigvgan import BigVGAN, build_vocoder, load_vocoder, official_state_dict, save_vocoder
 
+if __package__ in (None, ""):  # run as a file: bench.parity.common is found from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from bench.parity.common import parity_parser, rel_diff, run_cli, upstream_package  # noqa: E402
+
 N_FRAMES = 16
-
-
-@contextlib.contextmanager
-def _upstream_package(upstream_dir: str) -> Iterator[None]:
-    """Make ``import mmaudio`` resolve to upstream's package for the duration, then restore ours.
-
-    Both packages are named ``mmaudio``; upstream modules imported inside keep working afterwards
-    because they hold references to what they imported.
-    """
-    ours = {k: m for k, m in sys.modules.items() if k == "mmaudio" or k.startswith("mmaudio.")}
-    for k in ours:
-        del sys.modules[k]
-    sys.path.insert(0, upstream_dir)
-    try:
-        yield
-    finally:
-        sys.path.remove(upstream_dir)
-        for k in [k for k in sys.modules if k == "mmaudio" or k.startswith("mmaudio.")]:
-            del sys.modules[k]
-        sys.modules.update(ours)
 
 
 def _perturb(model: BigVGAN, seed: int) -> BigVGAN:
@@ -71,12 +53,12 @@ def _perturb(model: BigVGAN, seed: int) -> BigVGAN:
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     if b.abs().max() > 0.99:  # tanh / clamp would flatten differences: the weights must not saturate
         raise RuntimeError(f"upstream output saturates (max |y| = {b.abs().max():.3f}); comparison is void")
-    return ((a - b).abs().max() / b.abs().max()).item()
+    return rel_diff(a, b)
 
 
-def run(upstream_dir: str) -> list[tuple[str, float]]:
+def run(upstream_dir: str, deps: list[str] | None = None) -> list[tuple[str, float]]:
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
-    with _upstream_package(upstream_dir):
+    with upstream_package(upstream_dir, deps or []):
         up16 = importlib.import_module("mmaudio.ext.bigvgan")
         up16_models = importlib.import_module("mmaudio.ext.bigvgan.models")
         up44 = importlib.import_module("mmaudio.ext.bigvgan_v2.bigvgan")
@@ -116,14 +98,9 @@ def run(upstream_dir: str) -> list[tuple[str, float]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--upstream", required=True, help="root of an MMAudio checkout (holds mmaudio/ext/bigvgan*)")
-    args = parser.parse_args()
-    rows = run(args.upstream)
-    width = max(len(name) for name, _ in rows)
-    print(f"{'output':<{width}}  max|ours-upstream| / max|upstream|")
-    for name, diff in rows:
-        print(f"{name:<{width}}  {diff:.3e}")
+    parser = parity_parser(__doc__.splitlines()[0], "root of an MMAudio checkout (holds mmaudio/ext/bigvgan*)",
+                           deps_help="extra folder of packages upstream needs")
+    run_cli(parser, lambda args: run(args.upstream, args.deps), "max|ours-upstream| / max|upstream|")
 
 
 if __name__ == "__main__":
