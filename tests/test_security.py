@@ -81,21 +81,8 @@ def unsafe_torch_loads(source: str, filename: str) -> list[str]:
 
 
 def test_torch_load_scanner_sees_calls_not_comments():
-    source = '''
-"""Docs may say torch.load(path) freely."""
-import torch
-import torch as th
-from torch import load
-from torch.serialization import load as sload
-# torch.load(path) in a comment is fine
-text = "torch.load(path)"
-a = torch.load(p, weights_only=True)
-b = torch.load(p)
-c = th.load(p, weights_only=False)
-d = load(p, map_location="cpu")
-e = sload(p, **kw)
-f = torch.serialization.load(p, weights_only=True)
-'''
+    # the sample source holds unsafe calls on purpose; it is a .txt so no scan of the repo's code sees it
+    source = "\n" + (REPO / "tests" / "fixtures" / "security" / "torch_loads.txt").read_text()
     found = unsafe_torch_loads(source, "x.py")
     assert [f.split(":")[1] for f in found] == ["10", "11", "12", "13"], found
 
