@@ -5,7 +5,7 @@ Output folder (``evaluate.out_dir``)::
     samples/{id}.flac           generated audio of the trained network (model rate, mono)
     baseline_samples/{id}.flac  the same with the untrained network (evaluate.baseline)
     gt/{id}.flac                the ground truth, cut as extraction cut it (first 8 s, mono, not normalised)
-    scores.json                 DVC metrics: every score; the baseline's as baseline_<key>
+    scores.json                 DVC metrics: the headline scores (test.<key>, baseline.<key>); all in MLflow
 
 Official av-benchmark metrics (fd_panns, fd_passt, fd_vgg, kl_panns, kl_passt, isc_panns = IS,
 isc_passt, ib_score, desync; :mod:`mmaudio.evaluation.official`) are computed by the extractors whose
@@ -15,7 +15,7 @@ run (``eval.skipped.<metric>``). The ``proxy_*`` metrics need no downloads and a
 The baseline is scored by the same metrics (``baseline_<key>``).
 
 :class:`TrainingEvaluation` runs the same scoring on the validation set during training
-(``train.eval_interval``), logging ``eval/<key>`` metrics at the training step.
+(``train.eval_interval``), logging ``val/<key>`` metrics at the training step.
 """
 
 from __future__ import annotations
@@ -240,7 +240,11 @@ def evaluate(
         nets = {"": net}
         if cfg.baseline:
             nets["baseline_"] = untrained_network(params.train.network, params.train.seed, net, ctx.device)
-        latents = {prefix: sample_feature_set(n, features, options, ctx) for prefix, n in nets.items()}
+        latents = {}
+        for prefix, n in nets.items():
+            log.info("sampling %d rows of %s with the %s network (%s, %d steps)", len(features), cfg.dataset,
+                     "untrained" if prefix else "trained", cfg.solver, cfg.num_steps)
+            latents[prefix] = sample_feature_set(n, features, options, ctx)
         if not ctx.is_main:
             barrier()
             return {}
@@ -275,6 +279,7 @@ def _score_and_write(
     skipped: dict[str, str] = {}
     notes: dict[str, str] = {}
     for prefix, lat in latents.items():
+        log.info("decoding and scoring the %s network's %d samples", "untrained" if prefix else "trained", len(ids))
         waves = scorer.decode(lat)
         folder = out_dir / f"{prefix}samples"
         for i in ids:
@@ -288,31 +293,58 @@ def _score_and_write(
             run.log_artifact(folder / f"{i}.flac", artifact_path=f"evaluate/{prefix}samples")
 
     skipped |= scorer.skipped_official
-    for metric, reason in sorted(skipped.items()):
-        log.info("skipped %s: %s", metric, reason)
+    for reason, metrics in _by_reason(skipped).items():  # one line per missing file, not per metric
+        log.info("skipped %s: %s", ", ".join(metrics), reason.splitlines()[0])
     for metric, note in sorted(notes.items()):
         log.warning("%s: %s", metric, note)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    doc = {k: _json_value(v) for k, v in sorted(scores.items())}
+    doc = headline_scores(scores)
     (out_dir / SCORES_JSON).write_text(json.dumps(doc, indent=2) + "\n")
     finite = {k: v for k, v in scores.items() if math.isfinite(v)}
-    # baseline keys go to MLflow as baseline.<key>, the trained ones under their own names
-    run.log_metrics({(f"baseline.{k[len('baseline_'):]}" if k.startswith("baseline_") else k): v
+    # every score goes to MLflow, grouped: test/<key> for the trained network, baseline/<key> for the untrained
+    run.log_metrics({(f"baseline/{k[len('baseline_'):]}" if k.startswith("baseline_") else f"test/{k}"): v
                      for k, v in finite.items()})
     run.set_tags({f"eval.skipped.{m}": r for m, r in skipped.items()})
     run.set_tags({f"eval.note.{m}": r for m, r in notes.items()})
     run.set_tags({"eval.dataset": cfg.dataset, "eval.solver": cfg.solver, "eval.num_steps": cfg.num_steps,
                   "eval.seed": cfg.seed, "eval.rows": len(ids), "eval.extractor_preset": cfg.extractor_preset})
     run.set_tags({f"eval.out.{relpath(out_dir / SCORES_JSON, root)}": dvc_hash(out_dir / SCORES_JSON)})
-    log.info("scores: %s", json.dumps(doc))
+    log.info("evaluate: %d rows of %s; %s (all %d scores in MLflow run %s)", len(ids), cfg.dataset,
+             ", ".join(f"{k} {v:.4g}" for k, v in _flat(doc).items() if v is not None), len(finite), run.run_id)
     return scores
+
+
+# The few scores scores.json keeps (those present), so that `dvc exp show` stays narrow; every score
+# goes to MLflow. FD and sync proxies always; the official FD_PaSST, IB-score and DeSync with their files.
+HEADLINE_SCORES = ("proxy_fd_logmel", "proxy_onset_gt_f1", "fd_passt", "ib_score", "desync")
+
+
+def headline_scores(scores: Mapping[str, float]) -> dict[str, dict[str, float | None]]:
+    """``{"test": {...}, "baseline": {...}}``: the :data:`HEADLINE_SCORES` present in ``scores``."""
+    doc: dict[str, dict[str, float | None]] = {}
+    for group, prefix in (("test", ""), ("baseline", "baseline_")):
+        picked = {k: _json_value(scores[prefix + k]) for k in HEADLINE_SCORES if prefix + k in scores}
+        if picked:
+            doc[group] = picked
+    return doc
+
+
+def _flat(doc: Mapping[str, Mapping[str, float | None]]) -> dict[str, float | None]:
+    return {f"{group}/{k}": v for group, values in doc.items() for k, v in values.items()}
+
+
+def _by_reason(skipped: Mapping[str, str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for metric, reason in sorted(skipped.items()):
+        out.setdefault(reason, []).append(metric)
+    return out
 
 
 # -- during training ---------------------------------------------------------------------------------
 
 
-TRAIN_METRIC_PREFIX = "eval/"
+TRAIN_METRIC_PREFIX = "val/"  # the validation set's scores, next to val/loss
 
 
 class TrainingEvaluation:
@@ -321,7 +353,7 @@ class TrainingEvaluation:
     Samples ``dataset`` (default ``train.val_dataset``, a video feature set) with the network given at
     each call, using ``evaluate.*`` sampling settings (solver, steps, CFG, seed, batch size) and the
     same metrics (proxies; official ones whose extractor files are present), and logs every finite
-    score as ``eval/<key>`` at the training step. The reference side (ground truth, extractors, their
+    score as ``val/<key>`` at the training step. The reference side (ground truth, extractors, their
     features) is built at the first call and reused; building it leaves the global RNG states as they
     were, so the training stream does not depend on ``train.eval_interval``.
 

@@ -1,6 +1,7 @@
 """Audio samples during training: a few validation rows sampled with the current network (Euler,
 classifier-free guidance as at inference), decoded by the weight profile's VAE and vocoder, logged
-to MLflow as wav files and mel-spectrogram images next to the decoded ground truth.
+to MLflow as wav files and mel-spectrogram images next to the decoded ground truth; the latest
+spectrograms also go to ``<train.out_dir>/plots/images/`` (DVC image plots).
 
 Decoding needs the profile's ``audio`` and ``vocoder`` weights; when they are missing the samples are
 skipped once, with the reason logged and tagged on the run (``train.audio_samples``), and training
@@ -10,6 +11,7 @@ goes on: samples are a diagnostic, not an output of the stage.
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import wave
 from pathlib import Path
@@ -23,6 +25,7 @@ from mmaudio.model.flow_matching import DEFAULT_CFG_STRENGTH, DEFAULT_NUM_STEPS,
 from mmaudio.model.network import MMAudioNetwork
 from mmaudio.tracking import StageRun
 from mmaudio.training.loader import TrainSource, read_rows
+from mmaudio.training.run_files import IMAGES_DIR
 
 log = logging.getLogger(__name__)
 
@@ -111,4 +114,10 @@ class AudioSampler:
                     write_spectrogram(Path(tmp) / f"{name}.png", mel[i], f"{name} @ step {step}")
             for f in sorted(Path(tmp).iterdir()):
                 self.run.log_artifact(f, artifact_path=f"samples/step_{step:07d}")
+            # the latest spectrograms, under stable names, are DVC image plots (`dvc plots diff` puts
+            # two experiments' side by side); rank 0 only, like every write of the stage
+            images = Path(self.params.train.out_dir) / IMAGES_DIR
+            images.mkdir(parents=True, exist_ok=True)
+            for f in sorted(Path(tmp).glob("*.png")):
+                shutil.copyfile(f, images / f.name)
         log.info("logged %d audio samples at step %d", self.num, step)

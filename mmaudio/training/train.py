@@ -24,9 +24,8 @@ Files under ``train.out_dir``:
     checkpoints/<run_key>/ckpt-<step>.pt   the last ``keep_last`` checkpoints (a persistent DVC out)
     checkpoints/<run_key>/ema/ema-<step>.pt  EMA snapshots, every ``ema.snapshot_every`` steps and at the end
     weights.pth          EMA synthesised at ``ema.output_sigma_rel``, in the official mmaudio_*.pth format
-    metrics.json         final loss, val loss, steps (DVC metrics)
-    loss.tsv             step, loss, val_loss (DVC plot)
-    mlflow_run_id.txt    the MLflow run, for the evaluation stage to log into
+    metrics.json, plots/, mlflow_run_id.txt   headline metrics, plot series and images for DVC, the
+                         MLflow run for the evaluation stage (mmaudio.training.run_files)
 
 ``run_key`` hashes everything that decides the numbers: the train config except bookkeeping keys
 (``RESUME_NEUTRAL_KEYS``), the content hashes of the inputs and the training/model code. A run
@@ -57,7 +56,6 @@ from mmaudio.distributed import DistContext, barrier, resolve_device
 from mmaudio.features import LATENT_SHAPES, FeatureSet
 from mmaudio.model.flow_matching import flow_matching_loss, interpolate, sample_logit_normal_t, sample_noise_like
 from mmaudio.model.network import MMAudioNetwork, NetworkPreset, build_network, get_network_preset, load_network_weights
-from mmaudio.tables import write_tsv
 from mmaudio.tracking import StageRun, relpath
 from mmaudio.training.checkpoint import (
     load_latest_checkpoint,
@@ -68,6 +66,7 @@ from mmaudio.training.checkpoint import (
 )
 from mmaudio.training.ema import PowerEMA, list_snapshots, remove_snapshots_after, synthesize_ema
 from mmaudio.training.loader import Batch, TrainLoader, TrainSource, latent_stats, rank_slice, val_batches
+from mmaudio.training.run_files import write_run_files
 from mmaudio.training.samples import AudioSampler
 from mmaudio.training.schedule import build_scheduler
 from mmaudio.weights import load_state_dict_strict, save_weight_file
@@ -559,24 +558,24 @@ def train(params: Params, ctx: DistContext | None = None, *, halt_after_step: in
                 sums = _all_reduce_sum(torch.stack([window_loss, window_grad]).double(), ctx)
                 elapsed = time.perf_counter() - window_start
                 last_loss = float(sums[0]) / (window_steps * ctx.world_size)
-                metrics = {
-                    "loss": last_loss,
-                    "grad_norm": float(sums[1]) / (window_steps * ctx.world_size),
-                    "lr": lr,
-                    "samples_per_sec": window_steps * cfg.global_batch_size / max(elapsed, 1e-9),
-                    "epoch": loader.epoch + loader.step_in_epoch / loader.steps_per_epoch,
+                metrics = {  # MLflow groups its charts by the prefix: train/..., val/..., test/...
+                    "train/loss": last_loss,
+                    "train/grad_norm": float(sums[1]) / (window_steps * ctx.world_size),
+                    "train/lr": lr,
+                    "train/samples_per_sec": window_steps * cfg.global_batch_size / max(elapsed, 1e-9),
+                    "train/epoch": loader.epoch + loader.step_in_epoch / loader.steps_per_epoch,
                 }
                 run.log_metrics(metrics, step=step)
                 history.append([float(step), last_loss, math.nan])
                 log.info("step %d/%d loss %.4f grad %.3f lr %.3g %.1f samples/s", step, cfg.num_iterations,
-                         last_loss, metrics["grad_norm"], lr, metrics["samples_per_sec"])
+                         last_loss, metrics["train/grad_norm"], lr, metrics["train/samples_per_sec"])
                 window_loss.zero_()
                 window_grad.zero_()
                 window_steps, window_start = 0, time.perf_counter()
 
             if val is not None and (step % cfg.val_interval == 0 or final):
                 val_loss = validation_loss(objective, val, cfg, ctx, mode, amp)
-                run.log_metrics({"val_loss": val_loss}, step=step)
+                run.log_metrics({"val/loss": val_loss}, step=step)
                 if history and history[-1][0] == step:
                     history[-1][2] = val_loss
                 else:
@@ -585,7 +584,7 @@ def train(params: Params, ctx: DistContext | None = None, *, halt_after_step: in
             if sampler is not None and (step % cfg.val_interval == 0 or final):
                 sampler(net, step)  # its own generator: the training stream is untouched
             if evaluation is not None and (step % cfg.eval_interval == 0 or final):
-                evaluation(net, step)  # every rank samples its shard; rank 0 scores and logs eval/<metric>
+                evaluation(net, step)  # every rank samples its shard; rank 0 scores and logs val/<metric>
 
             if ema is not None and (step % cfg.ema.snapshot_every == 0 or final):
                 ema.snapshot(ema_dir)
@@ -605,7 +604,7 @@ def train(params: Params, ctx: DistContext | None = None, *, halt_after_step: in
             weights_path = export_ema_weights(net, ema_dir, cfg, out_dir / "weights.pth", run)
             write_run_files(out_dir, history, last_loss, val_loss, step, run.run_id)
             run.log_outputs([weights_path])
-            run.log_artifact(out_dir / "loss.tsv")
+            run.log_artifact(weights_path, artifact_path="weights")  # through the server, as the README says
         barrier()
         return TrainResult(step, last_loss, val_loss, weights_path, ckpt_dir, run.run_id, history, resumed_from)
 
@@ -626,26 +625,6 @@ def export_ema_weights(net: MMAudioNetwork, ema_dir: Path, cfg: TrainConfig, pat
     save_weight_file(state, path)
     log.info("EMA sigma_rel %.3f at step %d from %d snapshots (profile fit error %.2e) -> %s",
              synth.sigma_rel, synth.step, synth.num_snapshots, synth.relative_error, path)
-    run.log_metrics({"ema_synthesis_error": synth.relative_error}, step=synth.step)
+    run.log_metrics({"train/ema_synthesis_error": synth.relative_error}, step=synth.step)
     run.log_params({"train.ema.snapshots_used": synth.num_snapshots})
     return path
-
-
-def write_run_files(
-    out_dir: Path, history: list[list[float]], loss: float, val_loss: float | None, step: int, run_id: str | None
-) -> None:
-    """metrics.json and loss.tsv for DVC, mlflow_run_id.txt for the evaluation stage."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = {"loss": _finite(loss), "val_loss": _finite(val_loss), "step": step}
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-
-    def cell(v: float) -> str:
-        return "" if math.isnan(v) else f"{v:.6g}"
-
-    rows = [{"step": str(int(s)), "loss": cell(lo), "val_loss": cell(va)} for s, lo, va in history]
-    write_tsv(out_dir / "loss.tsv", ("step", "loss", "val_loss"), rows)
-    (out_dir / "mlflow_run_id.txt").write_text((run_id or "") + "\n")
-
-
-def _finite(v: float | None) -> float | None:
-    return None if v is None or math.isnan(v) else round(float(v), 6)

@@ -75,11 +75,12 @@ def test_outputs_and_exported_weights(long_run, feature_root):
     assert [s for s, _ in list_checkpoints(r.checkpoint_dir)] == [100, 150]
     assert [s for s, _ in list_snapshots(r.checkpoint_dir / "ema")] == [50, 100, 150]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics == {"loss": round(r.loss, 6), "val_loss": round(r.val_loss, 6), "step": 150}
-    lines = (out / "loss.tsv").read_text().splitlines()
-    assert lines[0] == "step\tloss\tval_loss" and len(lines) == 16
-    assert lines[1].startswith("10\t") and lines[1].endswith("\t") and lines[5].count("\t") == 2
-    assert float(lines[5].split("\t")[2]) == pytest.approx(r.history[4][2], rel=1e-5)  # step 50 has both
+    assert metrics == {"train": {"loss": round(r.loss, 6)}, "val": {"loss": round(r.val_loss, 6)}, "step": 150}
+    train_rows = (out / "plots/metrics/train/loss.tsv").read_text().splitlines()
+    assert train_rows[0] == "step\tloss" and len(train_rows) == 16 and train_rows[1].startswith("10\t")
+    val_rows = (out / "plots/metrics/val/loss.tsv").read_text().splitlines()  # validation steps only
+    assert [row.split("\t")[0] for row in val_rows] == ["step", "50", "100", "150"]
+    assert float(val_rows[1].split("\t")[1]) == pytest.approx(r.history[4][2], rel=1e-5)
     assert (out / "mlflow_run_id.txt").read_text().strip() == r.run_id
 
 
@@ -99,12 +100,16 @@ def test_mlflow_run_holds_config_hashes_tags_and_metrics(long_run, feature_root)
     assert tags["train.init"] == "random" and tags["train.empty_string"] == "zeros"
     assert tags["train.latent_stats_dataset"] == "syn_video" and "git.commit" in tags
     assert tags["train.audio_samples"].startswith("skipped: weight profile 'tiny'")  # no ext_weights/tiny here
-    history = client.get_metric_history(r.run_id, "loss")
+    history = client.get_metric_history(r.run_id, "train/loss")
     assert [h.step for h in history] == list(range(10, 151, 10))
     assert history[-1].value == pytest.approx(r.loss)
-    assert [h.step for h in client.get_metric_history(r.run_id, "val_loss")] == [50, 100, 150]
-    assert {"lr", "grad_norm", "samples_per_sec", "ema_synthesis_error"} <= set(m)
-    assert m["lr"] == pytest.approx(2e-3) and run.info.status == "FINISHED"
+    assert [h.step for h in client.get_metric_history(r.run_id, "val/loss")] == [50, 100, 150]
+    assert {"train/lr", "train/grad_norm", "train/samples_per_sec", "train/ema_synthesis_error"} <= set(m)
+    assert m["train/lr"] == pytest.approx(2e-3) and run.info.status == "FINISHED"
+    # the params the train stage reads (dvc.yaml's declaration), not the whole config
+    assert "partition.max_segments" not in p and "evaluate.num_steps" not in p
+    artifacts = [a.path for a in client.list_artifacts(r.run_id, "weights")]
+    assert artifacts == ["weights/weights.pth"]  # the exported weights go through the tracking server
     inputs = {d.dataset.name: d.dataset.digest for d in run.inputs.dataset_inputs}
     assert inputs[str(feature_root / "syn_video")] == dvc_hash(feature_root / "syn_video")
 
@@ -262,3 +267,27 @@ def test_unreadable_checkpoint_files_name_the_file_and_the_reason(tmp_path):
     code.write_bytes(pickle.dumps({"step": 3, "f": print}))
     with pytest.raises(CheckpointError, match=r"code\.pt holds objects other than tensors"):
         load_plain_file(code)
+
+
+def test_dvc_plots_show_draws_true_curves(long_run, tmp_path):
+    """`dvc plots show --json` (real DVC) of the run's files with the repo's dvc.yaml: the validation
+    series holds the validation steps only, not zero-filled rows between them."""
+    ws, _, r = long_run
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(REPO / name, repo / name)
+    shutil.copytree(ws / "models" / "train" / "plots", repo / "models" / "train" / "plots")
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run(["dvc", "init", "-q"], cwd=repo, check=True)
+    shown = subprocess.run(["dvc", "plots", "show", "--json"], cwd=repo, check=True, capture_output=True, text=True)
+    plot = json.loads(shown.stdout)["data"]["loss"][0]["content"]
+    assert plot["title"]["text"].startswith("Flow-matching loss")
+    assert plot["encoding"]["x"]["title"] == "optimizer step"
+    points = plot["data"]["values"]
+    val = [(int(p["step"]), float(p["loss"])) for p in points if p["filename"] == "val/loss.tsv"]
+    expected = [(int(s), v) for s, _, v in r.history if not math.isnan(v)]
+    assert [s for s, _ in val] == [50, 100, 150] == [s for s, _ in expected]
+    assert all(v == pytest.approx(e, rel=1e-5) and v > 0.1 for (_, v), (_, e) in zip(val, expected))
+    train_steps = [int(p["step"]) for p in points if p["filename"] == "train/loss.tsv"]
+    assert train_steps == list(range(10, 151, 10))
