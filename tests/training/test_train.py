@@ -32,6 +32,7 @@ def long_run(feature_root, tmp_path_factory):
     """150 steps of the micro network in a git workspace with MLflow's default store."""
     ws = tmp_path_factory.mktemp("ws")
     shutil.copy(REPO / "params.yaml", ws / "params.yaml")
+    shutil.copy(REPO / "dvc.yaml", ws / "dvc.yaml")  # the train stage's declared params: what the run logs
     subprocess.run(["git", "init", "-q"], cwd=ws, check=True)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(ws)
@@ -224,7 +225,8 @@ def test_dvc_stage_reads_the_sets_params_name():
     deps = {d.replace("${extract.out_dir}", params["extract"]["out_dir"]) for d in stage["deps"]}
     names = [*params["train"]["datasets"], params["train"]["val_dataset"]]
     assert {f"{params['extract']['out_dir']}/{n}" for n in names} <= deps
-    assert "train" in stage["params"] and stage["cmd"].startswith("torchrun --standalone")
+    # the params are checked (three-line error) before torchrun starts
+    assert "train" in stage["params"] and stage["cmd"].startswith("python -m mmaudio.check_params && torchrun --standalone")
     ckpt = next(o for o in stage["outs"] if isinstance(o, dict) and "${train.out_dir}/checkpoints" in o)
     assert ckpt["${train.out_dir}/checkpoints"]["persist"] is True
 
