@@ -70,8 +70,9 @@ class WeightProfile:
             return TINY_HINT
         if relpath in _HUB_REPOS:
             repo = _HUB_REPOS[relpath]
-            return (f"Hugging Face repo '{repo}': `huggingface-cli download {repo}` (read from the local cache) "
-                    f"or `huggingface-cli download {repo} --local-dir {self.root}/{relpath}`")
+            # `hf` is the CLI of the pinned huggingface_hub (it no longer installs `huggingface-cli`)
+            return (f"Hugging Face repo '{repo}': `hf download {repo}` (read from the local cache) "
+                    f"or `hf download {repo} --local-dir {self.root}/{relpath}`")
         return f"download {RELEASE_URL}/{relpath} into {self.root}/"
 
 

@@ -156,7 +156,9 @@ def resolve_weight(
         raise MissingWeightError(
             f"weight file '{name}' not found (looked at: {'; '.join(looked_at)}). "
             + _where_to_get(name, hf_repo, url, size)
-            + f" Place it at {local}, or allow the download."
+            + f" Place it at {local}"
+            + (f" (`hf download {hf_repo} {hf_filename} --local-dir {Path(ext_dir)}`)" if hf_repo else "")
+            + "; the pipeline never downloads (only a direct call with allow_download=True does)."
         )
     if hf_repo is not None:
         from huggingface_hub import hf_hub_download
