@@ -40,6 +40,7 @@ from mmaudio.evaluation.proxies import (
     proxy_onset_sync,
     read_event_times,
 )
+from mmaudio.evaluation.baseline_cache import BaselineCache, baseline_key
 from mmaudio.evaluation.official import OfficialExtractors, flac_roundtrip, stack_video_features
 from mmaudio.evaluation.sampling import (
     SamplingOptions,
@@ -53,7 +54,7 @@ from mmaudio.features import FeatureSet
 from mmaudio.model.network import MMAudioNetwork
 from mmaudio.media import FrameSpec, load_video_clip
 from mmaudio.hashing import dvc_hash
-from mmaudio.tracking import StageRun, relpath
+from mmaudio.tracking import StageRun, relpath, tracking_root
 
 log = logging.getLogger(__name__)
 
@@ -238,8 +239,11 @@ def evaluate(
         run.set_tags({f"eval.in.{relpath(p, root)}": dvc_hash(p) for p in inputs})
         net = load_trained_network(params.train.network, weights, ctx.device)
         nets = {"": net}
+        cache = None
         if cfg.baseline:
-            nets["baseline_"] = untrained_network(params.train.network, params.train.seed, net, ctx.device)
+            cache = _baseline_cache(params, net, features, root, ctx)
+            if cache.hit is None:
+                nets["baseline_"] = untrained_network(params.train.network, params.train.seed, net, ctx.device)
         latents = {}
         for prefix, n in nets.items():
             log.info("sampling %d rows of %s with the %s network (%s, %d steps)", len(features), cfg.dataset,
@@ -248,9 +252,36 @@ def evaluate(
         if not ctx.is_main:
             barrier()
             return {}
-        scores = _score_and_write(params, features, latents, out_dir, run, root, ctx.device)
+        scores = _score_and_write(params, features, latents, out_dir, run, root, ctx.device, cache)
         barrier()
     return scores
+
+
+class _CacheState:
+    def __init__(self, cache: BaselineCache | None, hit: dict[str, float] | None):
+        self.cache, self.hit = cache, hit
+
+
+def _baseline_cache(params: Params, net: MMAudioNetwork, features: FeatureSet, root: Path,
+                    ctx: DistContext) -> _CacheState:
+    """Rank 0 looks the baseline up (mmaudio.evaluation.baseline_cache); every rank learns whether
+    it must sample it."""
+    from mmaudio.encoders.profiles import get_profile
+
+    state = _CacheState(None, None)
+    if ctx.is_main:
+        key = baseline_key(params, net, features.path, extractor_dir(params, root),
+                           root / get_profile(params.profile).root, ctx.device)
+        state = _CacheState(BaselineCache(tracking_root(), key), None)
+        state.hit = state.cache.load(list(features.ids))
+        if state.hit is not None:
+            log.info("baseline: reusing the untrained network's samples and scores from %s", state.cache.dir)
+    if ctx.world_size > 1 and torch.distributed.is_initialized():
+        box = [state.hit is not None]
+        torch.distributed.broadcast_object_list(box, src=0)
+        if not ctx.is_main and box[0]:
+            state.hit = {}  # rank 0 holds the scores; the others only skip the sampling
+    return state
 
 
 def sampling_options(params: Params) -> SamplingOptions:
@@ -267,6 +298,7 @@ def _score_and_write(
     run: StageRun,
     root: Path,
     device: torch.device | str = "cpu",
+    cache: _CacheState | None = None,
 ) -> dict[str, float]:
     cfg = params.evaluate
     scorer = SetScorer(params, features, root=root, device=device)
@@ -286,12 +318,19 @@ def _score_and_write(
             write_flac(folder / f"{i}.flac", waves[i], rate)
         s, k, n = scorer.score(waves)
         scores |= {f"{prefix}{key}": v for key, v in s.items()}
+        if prefix and cache is not None and cache.cache is not None:
+            cache.cache.store(s, folder, ids)
         if not prefix:
             skipped |= k
         notes |= {f"{prefix}{key}": v for key, v in n.items()}
         for i in ids[: cfg.num_logged_samples]:
             run.log_artifact(folder / f"{i}.flac", artifact_path=f"evaluate/{prefix}samples")
 
+    if cache is not None and cache.hit is not None:
+        cache.cache.copy_samples(ids, out_dir / "baseline_samples")
+        scores |= {f"baseline_{key}": v for key, v in cache.hit.items()}
+        for i in ids[: cfg.num_logged_samples]:
+            run.log_artifact(out_dir / "baseline_samples" / f"{i}.flac", artifact_path="evaluate/baseline_samples")
     skipped |= scorer.skipped_official
     for reason, metrics in _by_reason(skipped).items():  # one line per missing file, not per metric
         log.info("skipped %s: %s", ", ".join(metrics), reason.splitlines()[0])

@@ -113,3 +113,34 @@ def test_evaluate_writes_scores_and_logs_into_existing_run(ws):
         assert data.tags[f"eval.skipped.{metric}"].startswith("weights absent"), metric
     artifacts = [a.path for a in client.list_artifacts(run_id, "evaluate/samples")]
     assert artifacts == ["evaluate/samples/clip_a.flac"]
+
+
+def test_baseline_is_computed_once_per_configuration_and_reused(ws, monkeypatch, caplog):
+    """A second evaluation (another trained network, same baseline configuration) reuses the cached
+    baseline: same scores, byte-identical samples, no sampling of the untrained network; a changed
+    train.seed changes the key and samples it again."""
+    import dataclasses
+    import logging
+
+    root, params = ws
+    first = evaluate_mod.evaluate(params)
+    entries = list((root / ".cache" / "baseline").iterdir())
+    assert len(entries) == 1 and (entries[0] / "samples" / "clip_a.flac").is_file()
+    flac = (root / "eval" / "baseline_samples" / "clip_a.flac").read_bytes()
+
+    torch.manual_seed(2)  # another trained network with the same buffers: the baseline does not change
+    net = build_network(MICRO.name, latent_mean=torch.zeros(20), latent_std=torch.ones(20))
+    save_network_weights(net, root / "train" / "weights.pth")
+    sampled = []
+    real_untrained = evaluate_mod.untrained_network
+    monkeypatch.setattr(evaluate_mod, "untrained_network", lambda *a, **k: sampled.append(a) or real_untrained(*a, **k))
+    with caplog.at_level(logging.INFO, logger="mmaudio.evaluation.evaluate"):
+        second = evaluate_mod.evaluate(params)
+    assert sampled == [] and "baseline: reusing" in caplog.text
+    assert {k: v for k, v in second.items() if k.startswith("baseline_")} == pytest.approx(
+        {k: v for k, v in first.items() if k.startswith("baseline_")}, nan_ok=True)
+    assert (root / "eval" / "baseline_samples" / "clip_a.flac").read_bytes() == flac
+
+    other = dataclasses.replace(params, train=dataclasses.replace(params.train, seed=params.train.seed + 1))
+    evaluate_mod.evaluate(other)
+    assert len(sampled) == 1 and len(list((root / ".cache" / "baseline").iterdir())) == 2
