@@ -172,7 +172,7 @@ class TrainConfig:
     prefetch: int = 2  # batches read ahead by a background thread (0: read in the loop)
     weights: str | None = None  # fine-tune from a network weight file (e.g. mmaudio_small_16k.pth)
     empty_string: str | None = None  # empty-string text features; null: the profile's empty_string.pth
-    out_dir: str = "models/train"  # checkpoints/, weights.pth, metrics.json, loss.tsv, mlflow_run_id.txt
+    out_dir: str = "models/train"  # checkpoints/, weights.pth, metrics.json, plots/, mlflow_run_id.txt
 
 
 @dataclass

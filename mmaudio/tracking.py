@@ -165,6 +165,7 @@ class _Sender:
         _fail_fast_http(uri)
         self.client = MlflowClient(tracking_uri=uri)
         self.run_id = run_id
+        self.experiment_id: str | None = None
         self.files = spool_files
 
     def send(self, op: Mapping[str, Any]) -> None:
@@ -204,6 +205,7 @@ class _Sender:
         if exp is not None and any(exp.tags.get(k) != v for k, v in EXPERIMENT_TAGS.items()):
             for k, v in EXPERIMENT_TAGS.items():
                 c.set_experiment_tag(exp_id, k, v)
+        self.experiment_id = exp_id
         if op["resume_run_id"]:
             self.run_id = op["resume_run_id"]
             c.update_run(self.run_id, status="RUNNING")
@@ -295,8 +297,9 @@ class StageRun:
             flat.update({k: _param_value(v) for k, v in self.extra_params.items()})
             self._submit({"op": "params", "data": flat})
         self._log_paths(self.inputs, "in")
-        log.info("MLflow run %s (%s) at %s", self.run_id or "(not started yet: store unreachable)", run_name,
-                 redact_credentials(uri))
+        # the experiment id completes the README's UI link: #/experiments/<id>?workflowType=machine_learning
+        log.info("MLflow run %s (%s) in experiment %s at %s", self.run_id or "(not started yet: store unreachable)",
+                 run_name, self._sender.experiment_id, redact_credentials(uri))
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -6,7 +6,7 @@
 Reads the feature sets named in train.datasets and train.val_dataset (<extract.out_dir>/<name>).
 Writes <train.out_dir>/: checkpoints/ (kept between runs: a rerun with the same params, data and
 code resumes from the latest checkpoint), weights.pth (EMA weights, official mmaudio_*.pth format),
-metrics.json, loss.tsv, mlflow_run_id.txt.
+metrics.json, plots/ (loss series, spectrograms), mlflow_run_id.txt.
 """
 
 from __future__ import annotations
