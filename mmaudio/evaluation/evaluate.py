@@ -41,7 +41,7 @@ from mmaudio.evaluation.proxies import (
     read_event_times,
 )
 from mmaudio.evaluation.baseline_cache import BaselineCache, baseline_key
-from mmaudio.evaluation.official import OfficialExtractors, flac_roundtrip, stack_video_features
+from mmaudio.evaluation.official import OFFICIAL_METRICS, OfficialExtractors, flac_roundtrip, stack_video_features
 from mmaudio.evaluation.sampling import (
     SamplingOptions,
     decode_waveforms,
@@ -333,7 +333,12 @@ def _score_and_write(
             run.log_artifact(out_dir / "baseline_samples" / f"{i}.flac", artifact_path="evaluate/baseline_samples")
     skipped |= scorer.skipped_official
     for reason, metrics in _by_reason(skipped).items():  # one line per missing file, not per metric
-        log.info("skipped %s: %s", ", ".join(metrics), reason.splitlines()[0])
+        files = {OFFICIAL_METRICS.get(m) for m in metrics}
+        if None in files:
+            log.info("skipped %s: %s", ", ".join(metrics), reason.splitlines()[0])
+        else:  # the full reason (where it was looked for, where to get it) is the eval.skipped.<metric> tag
+            log.info("skipped %s: %s not found in %s (where to get it: README \"Evaluation\", or the run's tag "
+                     "eval.skipped.%s)", ", ".join(metrics), ", ".join(sorted(files)), cfg.extractor_dir, metrics[0])
     for metric, note in sorted(notes.items()):
         log.warning("%s: %s", metric, note)
 

@@ -90,10 +90,19 @@ def test_official_metrics_full_fd(ws):
     assert doc["fd_panns"] >= 0
 
 
-def test_official_metrics_skipped_without_files(ws):
+def test_official_metrics_skipped_without_files(ws, caplog):
+    import logging
+
     root, examples, runs = ws
     params = make_workspace(root, examples, IDS, extractors=False, evaluate={"baseline": False})
-    doc = evaluate_mod.evaluate(params)
+    with caplog.at_level(logging.INFO, logger="mmaudio.evaluation.evaluate"):
+        doc = evaluate_mod.evaluate(params)
+    # one short line per missing file, naming the metrics it would give
+    skipped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipped ")]
+    official = [line for line in skipped if "not found in" in line]
+    assert len(official) == len(set(OFFICIAL_METRICS.values())) == 5, skipped
+    assert any(line.startswith("skipped fd_panns, isc_panns, kl_panns: Cnn14_16k_mAP=0.438.pth not found") for line in official)
+    assert all(len(line) < 200 for line in official), official
     assert not set(ALL_OFFICIAL) & set(doc)
     assert doc["proxy_fd_logmel"] > 0
     assert json.loads((root / "eval" / "scores.json").read_text()) == {"test": {
