@@ -38,6 +38,13 @@ def setup_logging(rank: int = 0) -> None:
     # third-party INFO lines say nothing a user acts on (alembic's migrations of a new mlflow.db, ...)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_quiet_root_info)
+
+
+def _quiet_root_info(record: logging.LogRecord) -> bool:
+    """open_clip logs through the root logger ("Using default SimpleTokenizer."): drop its INFO lines."""
+    return not (record.name == "root" and record.levelno < logging.WARNING and "open_clip" in record.pathname)
 
 
 def parse_stage_args(
