@@ -38,6 +38,8 @@ def setup_logging(rank: int = 0) -> None:
     # third-party INFO lines say nothing a user acts on (alembic's migrations of a new mlflow.db, ...)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    # mlflow sets its own logger's level when it is first imported (later, lazily): tell it instead
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     for handler in logging.getLogger().handlers:
         handler.addFilter(_quiet_root_info)
 

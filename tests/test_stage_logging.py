@@ -4,12 +4,15 @@ the stage's own lines and every warning stay."""
 from __future__ import annotations
 
 import logging
+import os
 
 from mmaudio.cli import setup_logging
 
 
-def test_third_party_info_lines_are_quiet(capsys):
+def test_third_party_info_lines_are_quiet(capsys, monkeypatch):
+    monkeypatch.delenv("MLFLOW_LOGGING_LEVEL", raising=False)
     setup_logging()
+    assert os.environ["MLFLOW_LOGGING_LEVEL"] == "WARNING"  # mlflow reads it when a stage first imports it
     logging.getLogger("alembic.runtime.migration").info("Context impl SQLiteImpl.")
     logging.getLogger().handle(logging.LogRecord("root", logging.INFO, "/site-packages/open_clip/factory.py", 1,
                                                  "Using default SimpleTokenizer.", None, None))
