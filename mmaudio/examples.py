@@ -400,7 +400,7 @@ def generate_examples(out_dir: str | os.PathLike, seed: int = 0) -> dict[str, in
         video_{train,val,test}.tsv  (id, label)      audio_captions.tsv (id, caption)
         events.tsv                  (id, kind, time_sec): the ground-truth event times
     """
-    out = clear_dir(out_dir, owns=owns_example_entry, what=f"example set {out_dir!r}")
+    out = clear_dir(out_dir, owns=owns_example_entry, what=f"example set {os.fspath(out_dir)!r}")
     (out / "video").mkdir(parents=True)
     (out / "audio").mkdir(parents=True)
     events: list[dict[str, object]] = []

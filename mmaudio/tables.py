@@ -30,23 +30,24 @@ class TableError(ValueError):
     """A TSV cannot be used as it is; the message names the file, the line, the column or the id."""
 
 
-def check_id(value: str, *, source: str = "", line: int | None = None) -> str:
-    """Return ``value`` if it is a plain file name usable as an id, else raise :class:`TableError`."""
+def check_id(value: str, *, source: str = "", line: int | None = None, what: str = "id") -> str:
+    """Return ``value`` if it is a plain file name usable as an id, else raise :class:`TableError`
+    (``what`` names the value in the message: an id, a file name)."""
     where = f"{source}:{line}" if line is not None else source
     if value is None or value.strip() == "":
-        raise TableError(f"{where}: empty id")
+        raise TableError(f"{where}: empty {what}")
     if value != value.strip():
-        raise TableError(f"{where}: id {value!r} has leading or trailing white space")
+        raise TableError(f"{where}: {what} {value!r} has leading or trailing white space")
     if "/" in value or "\\" in value or value in (".", "..") or ".." in value.split("."):
-        raise TableError(f"{where}: id {value!r} is not a plain file name (path separator or '..')")
+        raise TableError(f"{where}: {what} {value!r} is not a plain file name (path separator or '..')")
     printable_ascii = value.isascii() and value.isprintable()
     bad = [] if printable_ascii else [c for c in value if unicodedata.category(c) in _INVISIBLE_CATEGORIES]
     if bad:
         shown = ", ".join(sorted({f"U+{ord(c):04X}" for c in bad}))
-        raise TableError(f"{where}: id {value!r} contains control or invisible characters ({shown})")
+        raise TableError(f"{where}: {what} {value!r} contains control or invisible characters ({shown})")
     size = len(value.encode("utf-8"))
     if size > MAX_ID_BYTES:
-        raise TableError(f"{where}: id of {size} bytes is longer than {MAX_ID_BYTES} bytes (starts {value[:40]!r})")
+        raise TableError(f"{where}: {what} of {size} bytes is longer than {MAX_ID_BYTES} bytes (starts {value[:40]!r})")
     return value
 
 
@@ -62,7 +63,7 @@ def lookalike_key(value: str) -> str:
 def plain_file_name(value: str) -> str:
     """A file name inside its folder (the same rules as an id): no path, no ``..``, no control characters."""
     try:
-        return check_id(value)
+        return check_id(value, what="file name")
     except TableError as e:
         raise ValueError(str(e).removeprefix(": ")) from e
 
