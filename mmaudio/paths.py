@@ -131,7 +131,7 @@ def check_stage_paths(
     params: Params,
     writes: Mapping[str, str | os.PathLike],
     *,
-    reads: Mapping[str, str | os.PathLike] = (),
+    reads: Mapping[str, str | os.PathLike] | None = None,
     products: Callable[[str, Path], bool] | None = None,
     owned: Iterable[str | os.PathLike] = (),
     root: Path | None = None,
@@ -141,7 +141,7 @@ def check_stage_paths(
     says that a source path is made by this stage's output ``key`` (the example generator makes
     the example media folders) and so is not protected from it. Two outputs may not overlap."""
     root = root or find_repo_root()
-    reads = dict(reads)
+    reads = dict(reads or {})
     sources = {**pipeline_sources(params), **reads}
     resolved: dict[str, Path] = {}
     for key, path in writes.items():
