@@ -307,3 +307,18 @@ def test_fingerprint_follows_content_not_size_and_time(tmp_path):
     assert hashes(media) == hashes(str(media)) and hashes(tmp_path / "gone.wav") == "missing"
     os.mkfifo(tmp_path / "pipe.wav")  # never read (it would block)
     assert hashes(tmp_path / "pipe.wav") == "not a regular file"
+
+
+@pytest.mark.parametrize("name,match", [
+    ("../up", r"dataset name '\.\./up' is not a plain file name"),
+    ("a\u202eb", r"dataset name 'a\\u202eb' contains control or invisible characters \(U\+202E\)"),
+    ("x" * 300, r"dataset name of 300 bytes is longer than 240 bytes"),
+    (".hidden", r"dataset name '\.hidden' must not start with '\.'"),
+])
+def test_dataset_names_follow_the_file_name_rules(name, match):
+    from mmaudio.config import ConfigError, validate
+
+    ds = {"media_dir": "m", "captions_tsv": "c.tsv", "clips_tsv": "k.tsv", "rejects_tsv": "r.tsv"}
+    assert validate({"audio_datasets": {"fine": ds}}, source="p.yaml").audio_datasets["fine"].media_dir == "m"
+    with pytest.raises(ConfigError, match=rf"^p\.yaml: {match}"):
+        validate({"audio_datasets": {name: ds}}, source="p.yaml")

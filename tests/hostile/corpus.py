@@ -13,6 +13,13 @@ expected pattern in full. Decisions this corpus pins down:
   up: an MP4 named .flac is decoded as the MP4 it is, a WAV named .mp4 is a video without a picture.
 - A header that claims more frames or samples than the file holds is not believed: clips are cut
   from the samples that decode.
+- A TSV field that is exactly one CSV-quoted string is unquoted; any other field is literal, so a
+  caption may start with a quote and an unclosed quote is text, not a malformed table.
+- Ids, names on disk and dataset names follow one rule (tables.check_id): a plain file name of at
+  most 240 UTF-8 bytes with no control or invisible characters; ids equal after NFKC are duplicates.
+- Columns a stage wrote are checked when another reads them back (file names, sample bounds, times).
+- No output path may be, contain or lie inside an input, the repository or the official weights;
+  a folder is replaced only if it holds nothing but what its writer makes.
 """
 
 from __future__ import annotations
