@@ -2,11 +2,10 @@
 
 Upstream (torio's StreamingMediaDecoder) runs each decoded frame, with its own timestamp, through the
 filter chain ``fps=F,format=pix_fmts=rgb24`` and hands the uint8 pictures to torchvision's v2 Resize
-(bicubic, antialias), which on a uint8 CPU tensor calls torch's native uint8 kernel. Here the same
-chain runs through PyAV's libavfilter bindings on generated media (constant rates, a variable rate, a
-stream that starts late, one that ends right at 8 s), and the decoder's frames must equal the filter's
-frames resized by that kernel: the same source frame for every output (indices compared), and a
-pixel difference of 0.
+(bicubic, antialias) [+ CenterCrop]. Here the same chain runs through PyAV's libavfilter bindings on
+generated media (constant rates, a variable rate, a stream that starts late, one that ends right at
+8 s), the filter's frames go through torchvision's own transforms, and the decoder's frames must
+equal them: the same source frame for every output (indices compared), and a pixel difference of 0.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import av
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from torchvision.transforms import v2
 
 from mmaudio.media import (
     CLIP_FRAMES,
@@ -27,7 +26,6 @@ from mmaudio.media import (
     FrameSpec,
     fps_rescale,
     load_video_clip,
-    resized_size,
 )
 
 W, H = 112, 64  # wider than high, so the Synchformer stream resizes and crops
@@ -91,18 +89,15 @@ def reference_frames(path, spec: FrameSpec, n: int) -> list[np.ndarray]:
     return out[:n], decoded
 
 
-def torchvision_uint8_resize(frames: list[np.ndarray], spec: FrameSpec) -> torch.Tensor:
-    """torchvision v2 Resize(bicubic, antialias=True) [+ CenterCrop] on a uint8 (T, 3, H, W) CPU tensor:
-    its resize_image passes uint8 straight to interpolate for bicubic on the CPU (no float round trip)."""
+def upstream_transform(frames: list[np.ndarray], spec: FrameSpec) -> torch.Tensor:
+    """Upstream's own torchvision v2 transforms (before their float conversion) on the uint8 (T, 3, H, W)
+    tensor torio returns (a permuted (T, H, W, 3) buffer, so channels-last in memory)."""
     x = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
-    if spec.resize == "native":
-        return x
-    h, w = x.shape[-2:]
-    oh, ow = resized_size(h, w, spec)
-    x = F.interpolate(x, size=(oh, ow), mode="bicubic", antialias=True, align_corners=False)
+    bicubic = v2.InterpolationMode.BICUBIC
+    if spec.resize == "squash":
+        return v2.Resize((spec.size, spec.size), interpolation=bicubic)(x)
     if spec.resize == "short_side_center_crop":
-        top, left = int(round((oh - spec.size) / 2.0)), int(round((ow - spec.size) / 2.0))
-        x = x[:, :, top : top + spec.size, left : left + spec.size]
+        return v2.Compose([v2.Resize(spec.size, interpolation=bicubic), v2.CenterCrop(spec.size)])(x)
     return x
 
 
@@ -166,7 +161,7 @@ def test_frames_equal_libavfilter_fps_and_torchvision_uint8_resize(parity_videos
         ours_idx = _source_indices(clip.frames[f"native_{spec.name}"].permute(0, 2, 3, 1).numpy(), decoded)
         ref_idx = _source_indices(ref, decoded)
         assert ours_idx == ref_idx, f"{name} at {spec.fps} fps: source frames differ"
-        expected = torchvision_uint8_resize(ref, spec)
+        expected = upstream_transform(ref, spec)
         got = clip.frames[spec.name]
         assert got.shape == expected.shape and got.dtype == torch.uint8
         assert int((got.int() - expected.int()).abs().max()) == 0, f"{name} {spec.name}: pixels differ"
