@@ -20,9 +20,9 @@ Display rotation metadata is ignored, as upstream's decoder ignores it (the offi
 orientations); :func:`probe` reports it so the index records it.
 
 Memory: nothing is decoded beyond what is needed. Frames stop at the clip's last frame; the audio keeps
-only the clip's window, and the peak that normalises it is a running maximum over at most
-``AUDIO_PEAK_SCAN_SEC`` seconds of the track from the clip start (upstream: the whole track; the same
-for clips up to that length). Audio files are streamed the same way (:func:`count_audio_samples`,
+only the clip's window, and the peak that normalises it is a running maximum over the track up to
+``AUDIO_PEAK_SCAN_SEC`` seconds after the clip start (upstream: the whole track; the same for any file
+up to that length). Audio files are streamed the same way (:func:`count_audio_samples`,
 :func:`decode_audio_segments`), so a long file costs time, not memory.
 
 Limits against hostile headers (each refusal is a :class:`MediaLimitError`, i.e. a rejects entry):
@@ -680,7 +680,7 @@ def load_video_clip(
                 for frame in packet.decode():
                     check_frame_size(name, frame.width, frame.height)  # the bitstream may contradict the header
                     if frame.pts is None:
-                        raise MediaUnreadableError(name, "a video frame has no timestamp")
+                        raise MediaUnreadableError(name, "decoding failed (frame without timestamp)")
                     if first_frame is None:
                         first_frame = frame
                         if audio is not None:
@@ -776,8 +776,13 @@ def probe(path: str | os.PathLike) -> MediaInfo:
             height=int(v.codec_context.height) if v is not None else 0,
             audio_rate=int(a.codec_context.sample_rate or 0) if a is not None else 0,
             audio_channels=int(a.codec_context.channels or 0) if a is not None else 0,
-            rotation=_rotation(c, v) if v is not None else 0,
+            # a frame is decoded for its rotation only if its header size is within the limit
+            rotation=_rotation(c, v) if v is not None and _within_frame_limit(v) else 0,
         )
+
+
+def _within_frame_limit(stream: av.video.stream.VideoStream) -> bool:
+    return stream.codec_context.width * stream.codec_context.height <= MAX_FRAME_PIXELS
 
 
 def _rotation(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int:
