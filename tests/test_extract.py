@@ -153,6 +153,7 @@ def project(tmp_path_factory, examples_dir) -> Path:
                 "rejects_tsv": str(data / f"{name}_rejects.tsv"), "split": "train", "normalize_audio": normalize}
 
     params = {
+        **yaml.safe_load((REPO / "params.yaml").read_text()),  # every section: a missing key is an error
         "profile": "tiny",
         "audio_datasets": {"audio": audio_ds("clips.tsv", "clips_rejects.tsv"), "many": audio_ds("many.tsv", "none.tsv")},
         "video_datasets": {name: video_ds(ex / "video", name, True) for name in listed} | {"bad": video_ds(bad, "bad", True)},
