@@ -159,7 +159,7 @@ def project(tmp_path_factory, examples_dir) -> Path:
         "video_datasets": {name: video_ds(ex / "video", name, True) for name in listed} | {"bad": video_ds(bad, "bad", True)},
         # every key, so that tests can override any of them
         "extract": {**dataclasses.asdict(ExtractConfig()), "device": "cpu", "num_workers": 0, "batch_size": 2, "shard_size": 4, "out_dir": "features"},
-        "tracking": {"uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "test"},
+        "tracking": {"uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "test", "enabled": True},
     }
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return root
