@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 import torchaudio
 
+from mmaudio.modes import model_sample_rates
+
 # torchaudio's "kaiser_best" settings, as upstream resamples (DESIGN.md).
 RESAMPLE_LOWPASS_FILTER_WIDTH = 64
 RESAMPLE_ROLLOFF = 0.9475937167399596
@@ -41,7 +43,6 @@ _TIME_EPS = 1e-6  # seconds; absorbs rounding of pts * time_base
 MAX_FRAME_PIXELS = 8192 * 4320  # DCI 8K; one such RGB frame is 106 MB, and the resize works in float32
 MIN_AUDIO_RATE = 4000  # Hz; lower claims are broken headers (telephony, the lowest real rate, is 8 kHz)
 MAX_AUDIO_RATE = 768_000  # Hz; the highest rate studio formats use
-MODEL_AUDIO_RATES = (16000, 44100)  # what the 16k and 44k modes resample every file to
 MAX_RESAMPLE_KERNEL = 2**25  # kernel entries (built in float64: ~1.3 GB of temporaries at the limit)
 
 
@@ -151,8 +152,10 @@ def resample_kernel_entries(orig_rate: int, target_rate: int) -> int:
     return new * (orig + 2 * width)
 
 
-def check_audio_rate(path: str | os.PathLike, rate: int, targets: Sequence[int] = MODEL_AUDIO_RATES) -> None:
-    """Raise :class:`MediaLimitError` unless ``rate`` is plausible and cheap to resample to ``targets``."""
+def check_audio_rate(path: str | os.PathLike, rate: int, targets: Sequence[int] | None = None) -> None:
+    """Raise :class:`MediaLimitError` unless ``rate`` is plausible and cheap to resample to ``targets``
+    (default: every mode's rate, :func:`mmaudio.modes.model_sample_rates`)."""
+    targets = model_sample_rates() if targets is None else targets
     if not MIN_AUDIO_RATE <= rate <= MAX_AUDIO_RATE:
         raise MediaLimitError(path, f"sample rate {rate} Hz is outside {MIN_AUDIO_RATE}..{MAX_AUDIO_RATE} Hz")
     for target in sorted(set(targets)):
@@ -422,7 +425,7 @@ def load_video_clip(
             native_rate = collector.sample_rate
             if samples.shape[1] == 0:
                 raise MediaUnreadableError(path, "audio stream decodes to no samples")
-            check_audio_rate(path, native_rate, (*MODEL_AUDIO_RATES, audio_rate))
+            check_audio_rate(path, native_rate, (*model_sample_rates(), audio_rate))
             if not np.isfinite(samples).all():
                 raise MediaUnreadableError(path, "audio contains NaN or infinite samples")
             mono = torch.from_numpy(samples).mean(dim=0)
@@ -508,7 +511,6 @@ __all__ = [
     "MAX_RESAMPLE_KERNEL",
     "MIN_AUDIO_RATE",
     "MAX_AUDIO_RATE",
-    "MODEL_AUDIO_RATES",
     "MediaInfo",
     "MediaLimitError",
     "MediaMissingError",

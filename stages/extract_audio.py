@@ -1,6 +1,6 @@
 """Stage extract_audio@<dataset>: encode an audio dataset into a feature set (TensorDict memmap + TSV).
 
-    python stages/extract_audio.py --dataset examples_audio [extract.mode=44k]
+    python stages/extract_audio.py --dataset examples_audio [extract.mode=44k train.network=tiny_44k]
     torchrun --standalone --nproc_per_node=8 stages/extract_audio.py --dataset wavcaps
 
 Reads the partition stage's clips_tsv (and carries its rejects_tsv forward), the captions_tsv keyed

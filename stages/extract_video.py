@@ -1,6 +1,6 @@
 """Stage extract_video@<dataset>: encode a video dataset into a feature set (TensorDict memmap + TSV).
 
-    python stages/extract_video.py --dataset examples_train [extract.mode=44k]
+    python stages/extract_video.py --dataset examples_train [extract.mode=44k train.network=tiny_44k]
     torchrun --standalone --nproc_per_node=8 stages/extract_video.py --dataset vgg_train
 
 Reads the dataset's index_tsv (rows the index stage found usable) and carries its rejects_tsv forward.

@@ -367,7 +367,7 @@ def test_video_clips_decoded_by_several_workers_give_the_one_process_result(proj
 
 @pytest.mark.parametrize("mode", ["16k", "44k"])
 def test_audio_feature_set_contract_and_values(project, mode, monkeypatch):
-    fs, result = _run(project, "audio", "audio", f"extract.mode={mode}", f"extract.out_dir=audio_{mode}", monkeypatch=monkeypatch)
+    fs, result = _run(project, "audio", "audio", f"extract.mode={mode}", f"train.network=tiny_{mode}", f"extract.out_dir=audio_{mode}", monkeypatch=monkeypatch)
     clips = read_tsv(project / "data/clips.tsv", CLIP_COLUMNS)
     captions = {r["id"]: r["caption"] for r in read_tsv(Path(load_params(root=project).audio_datasets["audio"].captions_tsv), ("id", "caption"))}
     assert fs.ids == sorted(c["id"] for c in clips) and len(fs) == 10
@@ -401,7 +401,7 @@ def test_audio_feature_set_contract_and_values(project, mode, monkeypatch):
 
 @pytest.mark.parametrize("mode,dataset", [("16k", "two"), ("44k", "one")])  # few videos: decoding dominates
 def test_video_feature_set_contract_and_values(project, mode, dataset, monkeypatch):
-    fs, result = _run(project, "video", dataset, f"extract.mode={mode}", f"extract.out_dir=video_{mode}", monkeypatch=monkeypatch)
+    fs, result = _run(project, "video", dataset, f"extract.mode={mode}", f"train.network=tiny_{mode}", f"extract.out_dir=video_{mode}", monkeypatch=monkeypatch)
     expected = {"two": (["flash_000", "sweep_000"], ["flashes", "a tone"]), "one": (["sweep_000"], ["a tone"])}[dataset]
     assert (fs.ids, fs.texts) == expected and result.clips == len(fs)
     n = len(fs)

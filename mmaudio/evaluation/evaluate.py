@@ -1,4 +1,9 @@
-"""The evaluation stage: sample a feature set with the trained network, score it, log into the train run.
+"""The evaluation stage: sample a feature set with the trained network, score it, log it to MLflow.
+
+MLflow: each evaluation is a run of its own nested under the training run (the id in
+``<train.out_dir>/mlflow_run_id.txt``), with the resolved params (so ``evaluate.cfg_strength`` etc. of
+this evaluation), the input hashes, the scores and the sample flac files. The training run gets the
+scores too (the latest evaluation's) and an ``eval.run_id`` tag naming that child run.
 
 Output folder (``evaluate.out_dir``)::
 
@@ -20,12 +25,14 @@ The baseline is scored by the same metrics (``baseline_<key>``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -234,8 +241,17 @@ def evaluate(
     inputs = [weights, features.path] + ([cfg.events_tsv] if cfg.events_tsv else [])
     # MLflow params are write-once, and the train run already holds its own: a re-evaluation logging
     # data.in/data.out params into it would be refused, so content hashes go to (mutable) tags instead
-    with StageRun(STAGE, params, rank=ctx.rank, run_id=run_id) as run:
-        run.set_tags({f"eval.in.{relpath(p, root)}": dvc_hash(p) for p in inputs})
+    # Each evaluation is its own run, nested under the training run and holding this evaluation's
+    # params (evaluate.* included), so evaluations of one training with different settings sit side
+    # by side in the MLflow UI. The training run also gets the scores, so training runs compare by
+    # them; its params (write-once) stay those of training.
+    with contextlib.ExitStack() as stack:
+        train_run = stack.enter_context(StageRun(STAGE, params, rank=ctx.rank, run_id=run_id)) if run_id else None
+        run = stack.enter_context(StageRun(STAGE, params, rank=ctx.rank, inputs=inputs, parent_run_id=run_id))
+        if train_run is not None:
+            train_run.set_tags({f"eval.in.{relpath(p, root)}": dvc_hash(p) for p in inputs})
+            if run.run_id is not None:
+                train_run.set_tags({"eval.run_id": run.run_id})  # the latest evaluation's own run
         net = load_trained_network(params.train.network, weights, ctx.device)
         nets = {"": net}
         if cfg.baseline:
@@ -244,7 +260,8 @@ def evaluate(
         if not ctx.is_main:
             barrier()
             return {}
-        scores = _score_and_write(params, features, latents, out_dir, run, root, ctx.device)
+        scores = _score_and_write(params, features, latents, out_dir, [r for r in (run, train_run) if r], root,
+                                  ctx.device)
         barrier()
     return scores
 
@@ -260,11 +277,14 @@ def _score_and_write(
     features: FeatureSet,
     latents: Mapping[str, Mapping[str, torch.Tensor]],
     out_dir: Path,
-    run: StageRun,
+    runs: Sequence[StageRun],
     root: Path,
     device: torch.device | str = "cpu",
 ) -> dict[str, float]:
+    """Decode, score, write the flac files and scores.json; ``runs[0]`` (the evaluation's own run) gets
+    the sample artifacts, every run the scores and tags."""
     cfg = params.evaluate
+    run = _Fanout(runs)
     scorer = SetScorer(params, features, root=root, device=device)
     rate, ids = scorer.sample_rate, scorer.ids
     for i in ids:
@@ -285,7 +305,7 @@ def _score_and_write(
             skipped |= k
         notes |= {f"{prefix}{key}": v for key, v in n.items()}
         for i in ids[: cfg.num_logged_samples]:
-            run.log_artifact(folder / f"{i}.flac", artifact_path=f"evaluate/{prefix}samples")
+            runs[0].log_artifact(folder / f"{i}.flac", artifact_path=f"evaluate/{prefix}samples")
 
     skipped |= scorer.skipped_official
     for metric, reason in sorted(skipped.items()):
@@ -307,6 +327,21 @@ def _score_and_write(
     run.set_tags({f"eval.out.{relpath(out_dir / SCORES_JSON, root)}": dvc_hash(out_dir / SCORES_JSON)})
     log.info("scores: %s", json.dumps(doc))
     return scores
+
+
+class _Fanout:
+    """The scores and tags of one evaluation, logged alike into several runs."""
+
+    def __init__(self, runs: Sequence[StageRun]) -> None:
+        self.runs = list(runs)
+
+    def log_metrics(self, metrics: Mapping[str, float]) -> None:
+        for r in self.runs:
+            r.log_metrics(metrics)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        for r in self.runs:
+            r.set_tags(tags)
 
 
 # -- during training ---------------------------------------------------------------------------------

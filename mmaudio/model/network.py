@@ -26,7 +26,7 @@ from torch import nn
 
 from mmaudio.model.embeddings import TimestepEmbedder, rope_rotations
 from mmaudio.model.layers import ChannelLastConv1d, ConvSwiGLU, FinalBlock, JointBlock, MMDiTBlock, SwiGLU
-from mmaudio.model.sequence import SequenceConfig, get_sequence_config
+from mmaudio.modes import ModeSpec, mode_spec
 from mmaudio.weights import load_state_dict_strict, load_weight_file, save_weight_file
 
 # Non-persistent buffers that some published/older weight files still contain; they are recomputed
@@ -39,8 +39,7 @@ class NetworkPreset:
     """Architecture of one flow network. Sequence lengths come from the audio ``mode``."""
 
     name: str
-    mode: str  # '16k' | '44k' (see mmaudio.model.sequence)
-    latent_dim: int  # VAE latent channels: 20 (16 kHz) / 40 (44.1 kHz)
+    mode: str  # mmaudio.modes.AudioMode: sequence lengths and latent width come from it
     num_heads: int
     depth: int  # total blocks: (depth - fused_depth) joint blocks, then fused_depth latent-only blocks
     fused_depth: int
@@ -52,6 +51,11 @@ class NetworkPreset:
     v2: bool = False  # large_44k_v2: SiLU input projections and a high-frequency time embedding
 
     @property
+    def latent_dim(self) -> int:
+        """VAE latent channels of the mode: 20 (16 kHz) / 40 (44.1 kHz)."""
+        return self.sequence.latent_dim
+
+    @property
     def hidden_dim(self) -> int:
         return self.head_dim * self.num_heads
 
@@ -60,8 +64,8 @@ class NetworkPreset:
         return self.depth - self.fused_depth
 
     @property
-    def sequence(self) -> SequenceConfig:
-        return get_sequence_config(self.mode)
+    def sequence(self) -> ModeSpec:
+        return mode_spec(self.mode)
 
 
 _SMALL = dict(num_heads=7, depth=12, fused_depth=8)
@@ -72,13 +76,13 @@ _LARGE = dict(num_heads=14, depth=21, fused_depth=14)
 _TINY = dict(num_heads=2, head_dim=32, depth=3, fused_depth=1)
 
 NETWORK_PRESETS: dict[str, NetworkPreset] = {
-    "small_16k": NetworkPreset(name="small_16k", mode="16k", latent_dim=20, **_SMALL),  # 157,283,644 params
-    "small_44k": NetworkPreset(name="small_44k", mode="44k", latent_dim=40, **_SMALL),  # 157,409,144
-    "medium_44k": NetworkPreset(name="medium_44k", mode="44k", latent_dim=40, **_MEDIUM),  # 621,805,944
-    "large_44k": NetworkPreset(name="large_44k", mode="44k", latent_dim=40, **_LARGE),  # 1,030,002,168
-    "large_44k_v2": NetworkPreset(name="large_44k_v2", mode="44k", latent_dim=40, v2=True, **_LARGE),  # 1,030,575,608
-    "tiny_16k": NetworkPreset(name="tiny_16k", mode="16k", latent_dim=20, **_TINY),
-    "tiny_44k": NetworkPreset(name="tiny_44k", mode="44k", latent_dim=40, **_TINY),
+    "small_16k": NetworkPreset(name="small_16k", mode="16k", **_SMALL),  # 157,283,644 params
+    "small_44k": NetworkPreset(name="small_44k", mode="44k", **_SMALL),  # 157,409,144
+    "medium_44k": NetworkPreset(name="medium_44k", mode="44k", **_MEDIUM),  # 621,805,944
+    "large_44k": NetworkPreset(name="large_44k", mode="44k", **_LARGE),  # 1,030,002,168
+    "large_44k_v2": NetworkPreset(name="large_44k_v2", mode="44k", v2=True, **_LARGE),  # 1,030,575,608
+    "tiny_16k": NetworkPreset(name="tiny_16k", mode="16k", **_TINY),
+    "tiny_44k": NetworkPreset(name="tiny_44k", mode="44k", **_TINY),
 }
 
 

@@ -36,7 +36,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from mmaudio.features import CLIP_SHAPE, LATENT_SHAPES, STORAGE_DTYPES, SYNC_SHAPE, TEXT_SHAPE, FeatureSet
+from mmaudio.features import STORAGE_DTYPES, FeatureSet
+from mmaudio.modes import mode_spec
 from mmaudio.staging import put_unless_stopped, receive, send_async
 
 log = logging.getLogger(__name__)
@@ -122,9 +123,9 @@ def read_rows(
     """Rows ``row_idx[i]`` of ``sources[source_idx[i]]``, in that order, as one batch of ``dtype``
     (in pinned memory if asked, ready for an asynchronous copy to the GPU)."""
     b = int(source_idx.numel())
-    latent_shape = LATENT_SHAPES[mode]
-    shapes = {"latent_mean": latent_shape, "latent_std": latent_shape, "clip_features": CLIP_SHAPE,
-              "sync_features": SYNC_SHAPE, "text_features": TEXT_SHAPE}
+    spec = mode_spec(mode)
+    shapes = {"latent_mean": spec.latent_shape, "latent_std": spec.latent_shape, "clip_features": spec.clip_shape,
+              "sync_features": spec.sync_shape, "text_features": spec.text_shape}
     # empty, not zeros: every row is written below, audio rows' video features by index_fill_
     out = {name: torch.empty((b, *shape), dtype=dtype, pin_memory=pin_memory) for name, shape in shapes.items()}
     video_exist = torch.zeros(b, dtype=torch.bool, pin_memory=pin_memory)

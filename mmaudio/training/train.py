@@ -54,7 +54,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from mmaudio.config import ConfigError, Params, TrainConfig, find_repo_root
 from mmaudio.distributed import DistContext, barrier, resolve_device
-from mmaudio.features import LATENT_SHAPES, FeatureSet
+from mmaudio.features import FeatureSet
+from mmaudio.modes import mode_spec
 from mmaudio.model.flow_matching import flow_matching_loss, interpolate, sample_logit_normal_t, sample_noise_like
 from mmaudio.model.network import MMAudioNetwork, NetworkPreset, build_network, get_network_preset, load_network_weights
 from mmaudio.tables import write_tsv
@@ -353,7 +354,7 @@ def validation_loss(
     for rows, part, batch in val_batches(
         val, mode=mode, global_batch_size=cfg.global_batch_size, rank=ctx.rank, world_size=ctx.world_size
     ):
-        noise = draw_step_noise(gen, rows, LATENT_SHAPES[mode], cfg, ctx.device)  # drawn for every row on every rank
+        noise = draw_step_noise(gen, rows, mode_spec(mode).latent_shape, cfg, ctx.device)  # drawn for every row on every rank
         if batch is None:
             continue
         batch = batch.to(ctx.device)
@@ -413,7 +414,7 @@ def train(params: Params, ctx: DistContext | None = None, *, halt_after_step: in
     per_rank = per_rank_batch_size(cfg.global_batch_size, ctx.world_size)
     preset = _preset(cfg.network)
     mode = preset.mode
-    latent_shape = LATENT_SHAPES[mode]
+    latent_shape = mode_spec(mode).latent_shape
     amp = cfg.amp and ctx.device.type == "cuda"
     sources, val = open_training_sets(params, mode)
     loader = TrainLoader(
