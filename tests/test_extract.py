@@ -20,7 +20,29 @@ import pytest
 import torch
 import yaml
 
-from mmaudio.clip_sources import (
+from mmaudio.config import AudioDatasetConfig, ConfigError, ExtractConfig, load_params
+from mmaudio.distributed import DistContext
+from mmaudio.encoders.feature_encoders import FeatureEncoders
+from mmaudio.encoders.tiny import write_tiny_weights
+from mmaudio.extraction.jobs import audio_job, encoder_factory, encoder_weight_paths, run_job, video_job
+from mmaudio.extraction.pipeline import DeviceBatches, ShardSaver, decode_plan
+from mmaudio.extraction.settings import AUDIO_SPECS, ExtractResult
+from mmaudio.extraction.shards import (
+    Shard,
+    ShardManifest,
+    ShardStore,
+    batches_of,
+    plan_shards,
+    shard_fingerprint,
+    shards_of_rank,
+    work_dir_for,
+)
+from mmaudio.features import FeatureSet, feature_shapes
+from mmaudio.hashing import dvc_hash
+from mmaudio.media import load_video_clip
+from mmaudio.media_index import INDEX_COLUMNS, index_video_list
+from mmaudio.partition import CLIP_COLUMNS, partition_folder
+from mmaudio.segments import (
     AudioClipDataset,
     ClipBatch,
     ClipRow,
@@ -31,35 +53,6 @@ from mmaudio.clip_sources import (
     collate_clips,
     merge_batches,
 )
-from mmaudio.config import AudioDatasetConfig, ConfigError, ExtractConfig, load_params
-from mmaudio.distributed import DistContext
-from mmaudio.encoders.facade import FeatureEncoders
-from mmaudio.encoders.tiny import write_tiny_weights
-from mmaudio.extraction import (
-    AUDIO_SPECS,
-    DeviceBatches,
-    ExtractResult,
-    Shard,
-    ShardManifest,
-    ShardSaver,
-    ShardStore,
-    audio_job,
-    batches_of,
-    decode_plan,
-    encoder_factory,
-    encoder_weight_paths,
-    plan_shards,
-    run_job,
-    shard_fingerprint,
-    shards_of_rank,
-    video_job,
-    work_dir_for,
-)
-from mmaudio.features import FeatureSet, feature_shapes
-from mmaudio.hashing import dvc_hash
-from mmaudio.media import load_video_clip
-from mmaudio.media_index import INDEX_COLUMNS, index_video_list
-from mmaudio.partition import CLIP_COLUMNS, partition_folder
 from mmaudio.tables import read_tsv, write_rejects, write_tsv
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ import torch
 from huggingface_hub import constants as hf_constants
 
 from mmaudio.encoders.clip import CLIPEncoder, load_clip
-from mmaudio.encoders.facade import FeatureEncoders
+from mmaudio.encoders.feature_encoders import FeatureEncoders
 from mmaudio.encoders.profiles import MissingWeightsError
 from mmaudio.encoders.tiny import CLIP_FILE_NAME
 from mmaudio.weights import WeightFileError, load_weight_file, save_weight_file

@@ -1,6 +1,6 @@
 """CPU time of a weight profile's encoders on one 8 s clip, per component and in total.
 
-    python bench/encoders_cpu.py [--profile tiny] [--mode 16k] [--threads 1] [--repeats 5]
+    python bench/perf/encoders_cpu.py [--profile tiny] [--mode 16k] [--threads 1] [--repeats 5]
 
 One clip as extraction sees it: audio at the mode's rate (128000 / 353280 samples) -> mel -> VAE
 (mean, std); 64 CLIP frames at 384 px (uint8); 200 Synchformer frames at 224 px (uint8); one caption.
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from mmaudio.encoders.facade import CLIP_SAMPLES, FeatureEncoders  # noqa: E402
+from mmaudio.encoders.feature_encoders import CLIP_SAMPLES, FeatureEncoders  # noqa: E402
 from mmaudio.encoders.profiles import get_profile  # noqa: E402
 from mmaudio.encoders.tiny import write_tiny_weights  # noqa: E402
 
