@@ -37,7 +37,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from mmaudio.features import CLIP_SHAPE, LATENT_SHAPES, STORAGE_DTYPES, SYNC_SHAPE, TEXT_SHAPE, FeatureSet
-from mmaudio.staging import put_unless_stopped, receive, send_async
+from mmaudio.gpu_transfer import put_unless_stopped, receive, send_async
 
 log = logging.getLogger(__name__)
 
