@@ -9,11 +9,6 @@ Reads <train.out_dir>/weights.pth and logs every score into the training run (th
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from mmaudio.cli import parse_stage_args, setup_logging
 from mmaudio.distributed import cleanup_distributed, init_distributed
 from mmaudio.evaluation.evaluate import evaluate

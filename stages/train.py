@@ -11,11 +11,6 @@ metrics.json, loss.tsv, mlflow_run_id.txt.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from mmaudio.cli import parse_stage_args, setup_logging
 from mmaudio.distributed import cleanup_distributed, init_distributed
 from mmaudio.training.train import train

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmaudio.clip_sources import video_rows
+from mmaudio.segments import video_rows
 from mmaudio.config import Params, find_repo_root
 from mmaudio.distributed import DistContext, barrier
 from mmaudio.evaluation.proxies import (
@@ -174,7 +174,7 @@ class SetScorer:
         device: torch.device | str = "cpu",
         dataset: str | None = None,
     ) -> None:
-        from mmaudio.encoders.facade import FeatureEncoders
+        from mmaudio.encoders.feature_encoders import FeatureEncoders
 
         cfg = params.evaluate
         self.crepe = cfg.crepe

@@ -47,7 +47,8 @@ from mmaudio.evaluation.metrics import (
     inception_score,
     kl_divergence,
 )
-from mmaudio.evaluation.resolver import MissingWeightError, resolve_weight
+from mmaudio.evaluation.resolver import resolve_weight
+from mmaudio.weights import MissingWeightsError
 from mmaudio.media import IMAGEBIND_FRAMES, SYNC_FRAMES, FrameSpec
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ def flac_roundtrip(wave: torch.Tensor) -> torch.Tensor:
     return (wave.detach().float().clamp(-1, 1) * 32767).round() / 32768
 
 
-def missing_reason(error: MissingWeightError) -> str:
+def missing_reason(error: MissingWeightsError) -> str:
     return f"weights absent: {error}"
 
 
@@ -114,7 +115,7 @@ class OfficialExtractors:
         for name, spec in OFFICIAL_EXTRACTORS.items():
             try:
                 path = resolve_weight(spec.filename, ext_dir=extractor_dir)
-            except MissingWeightError as e:
+            except MissingWeightsError as e:
                 self.missing[name] = missing_reason(e)
                 continue
             self.paths[name] = path

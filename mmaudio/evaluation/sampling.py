@@ -4,7 +4,7 @@ Every row gets its own noise: a generator seeded from ``seed`` and the row's ind
 drawn on the CPU, so a row's latent does not depend on the batch it lands in, the number of processes
 or the device. Under torchrun each process samples a disjoint, strided shard of the rows and rank 0
 gathers them. Latents are decoded to waveforms by the weight profile's VAE decoder and vocoder
-(:class:`~mmaudio.encoders.facade.FeatureEncoders`) and written as mono FLAC at the model's rate.
+(:class:`~mmaudio.encoders.feature_encoders.FeatureEncoders`) and written as mono FLAC at the model's rate.
 """
 
 from __future__ import annotations

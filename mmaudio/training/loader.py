@@ -37,8 +37,8 @@ from dataclasses import dataclass, fields
 import torch
 
 from mmaudio.features import STORAGE_DTYPES, FeatureSet
+from mmaudio.gpu_transfer import put_unless_stopped, receive, send_async
 from mmaudio.modes import mode_spec
-from mmaudio.staging import put_unless_stopped, receive, send_async
 
 log = logging.getLogger(__name__)
 

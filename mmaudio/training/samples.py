@@ -67,7 +67,7 @@ class AudioSampler:
     def _load(self) -> bool:
         if self.encoders is not None or self.disabled:
             return self.disabled is None
-        from mmaudio.encoders.facade import FeatureEncoders
+        from mmaudio.encoders.feature_encoders import FeatureEncoders
         from mmaudio.encoders.profiles import MissingWeightsError
 
         try:

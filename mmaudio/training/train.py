@@ -255,7 +255,7 @@ def optimizer_step(
     across ranks), global grad-norm clipping, AdamW, the lr schedule and the EMA update.
 
     Returns (loss, grad_norm) as 0-dim device tensors: nothing here waits for the GPU, so the host
-    runs ahead and queues the next step's work (bench/train_step.py times exactly this function).
+    runs ahead and queues the next step's work (bench/perf/train_step.py times exactly this function).
     """
     device_type = inputs[0].device.type
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
@@ -271,7 +271,7 @@ def optimizer_step(
 
 
 def configure_cuda_for_training() -> None:
-    """Process-wide CUDA settings of the training step (bench/train_step.py applies the same).
+    """Process-wide CUDA settings of the training step (bench/perf/train_step.py applies the same).
 
     cudnn.benchmark: the shapes are fixed every step, so cuDNN may time its kernels once and keep the
     fastest. cuDNN attention is switched off: on an H100 with torch 2.11 its backward gave gradients of

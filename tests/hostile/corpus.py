@@ -266,7 +266,7 @@ def _(tmp, good):
 @case("partition reject of 'a\\b.wav' carried into extraction", "media", "accepted", "audio_rows",
       r"1 clip\(s\) to extract; carried rejects \['a\\\\b\.wav'\]")
 def _(tmp, good):
-    from mmaudio.clip_sources import audio_rows
+    from mmaudio.segments import audio_rows
     from mmaudio.config import AudioDatasetConfig
     from mmaudio.partition import CLIP_COLUMNS
     from mmaudio.tables import write_rejects

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from mmaudio.extraction import Shard, ShardManifest, ShardStore
+from mmaudio.extraction.shards import Shard, ShardManifest, ShardStore
 from mmaudio.training.checkpoint import (
     REQUIRED_KEYS,
     checkpoint_path,

@@ -1,11 +1,11 @@
 """Time the full training step of the flow network: ours (several kernel choices) against upstream's.
 
-    python bench/train_step.py --network small_16k --batch 256 [--upstream DIR] [--profile] [--out DIR]
-    torchrun --standalone --nproc_per_node=2 bench/train_step.py --batch 512 --variants gemm
-    python bench/train_step.py --network large_44k --batch 64 --variants gemm,upstream
+    python bench/perf/train_step.py --network small_16k --batch 256 [--upstream DIR] [--profile] [--out DIR]
+    torchrun --standalone --nproc_per_node=2 bench/perf/train_step.py --batch 512 --variants gemm
+    python bench/perf/train_step.py --network large_44k --batch 64 --variants gemm,upstream
 
 One step = what training does per optimizer step, on synthetic features already on the GPU (the loader
-is timed by bench/loader.py): draw the step's randomness, the flow-matching loss under bf16 autocast,
+is timed by bench/perf/loader.py): draw the step's randomness, the flow-matching loss under bf16 autocast,
 backward, grad-norm clipping, fused AdamW, lr schedule, EMA update of two widths. Variants:
 
     eager     our step without torch.compile, plain kernels (the numerical reference)
@@ -49,7 +49,7 @@ import torch.distributed as dist
 from torch.nn.attention import SDPBackend, sdpa_kernel
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from bench.parity.common import upstream_package  # noqa: E402
