@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from mmaudio.config import Params, find_repo_root, to_flat_dict
-from mmaudio.hashing import dvc_hash
+from mmaudio.hashing import dvc_hash, input_hashes, relpath
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +94,6 @@ def git_state(repo: Path) -> dict[str, str]:
         "git.dirty": str(bool(changed)).lower(),
         "git.changed": ",".join(changed)[:_MAX_PARAM_CHARS] if changed else "",
     }
-
-
-def relpath(path: str | os.PathLike, root: Path) -> str:
-    p = Path(path).resolve()
-    try:
-        return p.relative_to(root).as_posix()
-    except ValueError:
-        return p.as_posix()
 
 
 class TrackingUnreachable(RuntimeError):
@@ -242,6 +234,7 @@ class StageRun:
         run_id: str | None = None,
         parent_run_id: str | None = None,
         extra_params: Mapping[str, Any] | None = None,
+        hashes: Mapping[str, str] | None = None,
     ):
         if run_id is not None and parent_run_id is not None:
             raise ValueError(f"stage {stage}: a run is either resumed (run_id) or nested (parent_run_id), not both")
@@ -255,7 +248,9 @@ class StageRun:
         self.extra_params = dict(extra_params or {})
         self.workspace = find_repo_root()
         self.run_id: str | None = None
-        self.hashes: dict[str, str] = {}
+        # content hashes of inputs the caller already computed with mmaudio.hashing.input_hashes (the
+        # train stage's run key needs them before the run starts): not hashed a second time
+        self.hashes: dict[str, str] = dict(hashes or {})
         self.spool: Path | None = None  # the spool file while something is unsent
         self.incomplete = False  # True after exit if records could not be sent
         self.deferred = 0  # operations that went through the spool in this run
@@ -268,9 +263,6 @@ class StageRun:
 
     def __enter__(self) -> "StageRun":
         if not self.active:
-            if self.is_rank0:
-                # with tracking off the input hashes are still needed (the train stage's run key)
-                self.hashes.update({relpath(p, self.workspace): dvc_hash(p) for p in self.inputs})
             return self
         uri, is_default = resolve_tracking_uri(self.params.tracking.uri)
         self._uri = uri
@@ -441,11 +433,12 @@ class StageRun:
                       "artifact_path": artifact_path})
 
     def _log_paths(self, paths, direction: str) -> dict[str, str]:
+        known = self.hashes if direction == "in" else {}
+        computed = input_hashes([p for p in paths if relpath(p, self.workspace) not in known], self.workspace)
         logged: dict[str, str] = {}
         for p in paths:
             rel = relpath(p, self.workspace)
-            digest = dvc_hash(p)  # computed here whatever the store does: the run key depends on it
-            logged[rel] = digest
+            digest = logged[rel] = known[rel] if rel in known else computed[rel]
             self._submit({"op": "params", "data": {f"data.{direction}.{rel}": digest}})
             self._submit({"op": "input", "name": rel, "digest": digest, "source": str(Path(p).resolve()),
                           "context": "input" if direction == "in" else "output"})

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from mmaudio.cli import parse_stage_args, setup_logging
 from mmaudio.distributed import cleanup_distributed, init_distributed
-from mmaudio.training.train import train
+from mmaudio.train_stage import train
 
 
 def main(argv=None) -> None:

@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--work", default=None, help="folder for the synthetic sets (default: a temp folder)")
     args = ap.parse_args()
 
+    import mmaudio.train_stage as train_stage
     import mmaudio.training.train as train_module
 
     ctx = init_distributed("auto")
@@ -79,7 +80,7 @@ def main() -> None:
     train_module.TrainLoader.next = timed_next
     if ctx.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    result = train_module.train(params, ctx)
+    result = train_stage.train(params, ctx)
     steady = marks[len(marks) // 4 :]  # skip compilation and warm-up
     if len(steady) > 1:
         rates.append((len(steady) - 1) * args.batch / (steady[-1] - steady[0]))

@@ -64,6 +64,7 @@ class WeightProfile:
     synchformer: str  # mmaudio.encoders.synchformer.SYNCHFORMER_PRESETS key
     use_hf_cache: bool  # CLIP / BigVGAN-v2 may come from the local Hugging Face cache
     written_by: str | None = None  # the command that writes this profile's files; None: upstream's (the manifest)
+    empty_string_optional: bool = False  # training may start its null text from zeros when empty_string.pth is absent
 
     def hub_repo(self, relpath: str) -> str | None:
         """The Hugging Face repo a folder of this profile may come from (from the cache), or None."""
@@ -105,6 +106,7 @@ PROFILES: dict[str, WeightProfile] = {
         synchformer="tiny",
         use_hf_cache=False,
         written_by=TINY_HINT,
+        empty_string_optional=True,
     ),
 }
 

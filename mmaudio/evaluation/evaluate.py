@@ -49,7 +49,7 @@ from mmaudio.evaluation.proxies import (
 )
 from mmaudio.evaluation.official import OfficialExtractors, flac_roundtrip, stack_video_features
 from mmaudio.evaluation.sampling import (
-    SamplingOptions,
+    sampling_options,
     decode_waveforms,
     load_trained_network,
     sample_feature_set,
@@ -237,7 +237,7 @@ def evaluate(
         run_id = (id_file.read_text().strip() or None) if id_file.is_file() else None
     out_dir = Path(cfg.out_dir)
     features = FeatureSet.open(Path(params.extract.out_dir) / cfg.dataset, mode=params.extract.mode)
-    options = sampling_options(params)
+    options = sampling_options(params.evaluate)
     inputs = [weights, features.path] + ([cfg.events_tsv] if cfg.events_tsv else [])
     # MLflow params are write-once, and the train run already holds its own: a re-evaluation logging
     # data.in/data.out params into it would be refused, so content hashes go to (mutable) tags instead
@@ -264,12 +264,6 @@ def evaluate(
                                   ctx.device)
         barrier()
     return scores
-
-
-def sampling_options(params: Params) -> SamplingOptions:
-    cfg = params.evaluate
-    return SamplingOptions(solver=cfg.solver, num_steps=cfg.num_steps, cfg_strength=cfg.cfg_strength,
-                           seed=cfg.seed, batch_size=cfg.batch_size)
 
 
 def _score_and_write(
@@ -367,7 +361,6 @@ class TrainingEvaluation:
     def __init__(
         self,
         params: Params,
-        run: StageRun,
         ctx: DistContext | None = None,
         *,
         dataset: str | None = None,
@@ -378,9 +371,9 @@ class TrainingEvaluation:
             raise ValueError("train.eval_interval > 0 needs train.val_dataset (a video feature set) to evaluate")
         if name not in params.video_datasets:
             raise ValueError(f"train.val_dataset '{name}' is not in video_datasets: evaluation needs source videos")
-        self.params, self.run, self.ctx, self.dataset = params, run, ctx, name
+        self.params, self.ctx, self.dataset = params, ctx, name
         self.features = FeatureSet.open(Path(params.extract.out_dir) / name, mode=params.extract.mode)
-        self.options = sampling_options(params)
+        self.options = sampling_options(params.evaluate)
         self.device = torch.device(device) if device is not None else (ctx.device if ctx else torch.device("cpu"))
         self.scorer: SetScorer | None = None
 
@@ -388,28 +381,29 @@ class TrainingEvaluation:
     def is_main(self) -> bool:
         return self.ctx is None or self.ctx.is_main
 
-    def _scorer(self) -> SetScorer:
+    def _scorer(self, run: StageRun) -> SetScorer:
         if self.scorer is None:
             cuda = [self.device] if self.device.type == "cuda" else []
             with torch.random.fork_rng(devices=cuda):
                 self.scorer = SetScorer(self.params, self.features, root=find_repo_root(), device=self.device,
                                         dataset=self.dataset)
             skipped = self.scorer.skipped_official
-            self.run.set_tags({f"train.eval.skipped.{m}": r for m, r in skipped.items()}
+            run.set_tags({f"train.eval.skipped.{m}": r for m, r in skipped.items()}
                               | {"train.eval.dataset": self.dataset, "train.eval.rows": len(self.scorer.ids)})
         return self.scorer
 
-    def __call__(self, net: MMAudioNetwork, step: int) -> dict[str, float]:
-        """Scores of ``net`` (unwrapped: no DDP / compile wrapper) at ``step``; {} on ranks other than 0."""
+    def __call__(self, net: MMAudioNetwork, step: int, run: StageRun) -> dict[str, float]:
+        """Scores of ``net`` (unwrapped: no DDP / compile wrapper) at ``step``, logged to ``run``; {} on
+        ranks other than 0."""
         latents = sample_feature_set(net, self.features, self.options, self.ctx)
         if not self.is_main:
             return {}
-        scorer = self._scorer()
+        scorer = self._scorer(run)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             scores, _, notes = scorer.score(scorer.decode(latents))
         finite = {f"{TRAIN_METRIC_PREFIX}{k}": v for k, v in scores.items() if math.isfinite(v)}
-        self.run.log_metrics(finite, step=step)
+        run.log_metrics(finite, step=step)
         if notes:
-            self.run.set_tags({f"train.eval.note.{k}": v for k, v in notes.items()})
+            run.set_tags({f"train.eval.note.{k}": v for k, v in notes.items()})
         log.info("step %d eval: %s", step, json.dumps({k: round(v, 6) for k, v in sorted(finite.items())}))
         return scores

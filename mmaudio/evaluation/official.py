@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mmaudio.choices import ExtractorPreset, check_choice
 from mmaudio.evaluation.extractors import imagebind, panns, passt, synchformer_av, vggish
 from mmaudio.evaluation.metrics import (
     IS_SPLITS,
@@ -53,7 +54,6 @@ from mmaudio.media import IMAGEBIND_FRAMES, SYNC_FRAMES, FrameSpec
 
 log = logging.getLogger(__name__)
 
-EXTRACTOR_PRESETS = ("official", "tiny")
 
 
 @dataclass(frozen=True)
@@ -105,8 +105,7 @@ class OfficialExtractors:
         preset: str = "official",
         device: torch.device | str = "cpu",
     ) -> None:
-        if preset not in EXTRACTOR_PRESETS:
-            raise ValueError(f"extractor preset must be one of {EXTRACTOR_PRESETS}, got {preset!r}")
+        check_choice(ExtractorPreset, preset, "extractor preset")
         self.device = torch.device(device)
         self.preset = preset
         self.models: dict[str, nn.Module] = {}

@@ -36,6 +36,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from mmaudio.config import ConfigError
 from mmaudio.features import STORAGE_DTYPES, FeatureSet
 from mmaudio.gpu_transfer import put_unless_stopped, receive, send_async
 from mmaudio.modes import mode_spec
@@ -150,6 +151,16 @@ def read_rows(
     return Batch(**out, video_exist=video_exist)
 
 
+def per_rank_batch_size(global_batch_size: int, world_size: int) -> int:
+    """Rows per process: the one place the global batch is checked against the process count and split."""
+    if global_batch_size % world_size:
+        raise ConfigError(
+            f"key 'train.global_batch_size' ({global_batch_size}) must be divisible by the number of "
+            f"processes ({world_size})"
+        )
+    return global_batch_size // world_size
+
+
 def rank_slice(batch_rows: int, per_rank: int, rank: int) -> slice:
     """This rank's part of a global batch of ``batch_rows`` rows (empty for late ranks of a short batch)."""
     lo = min(rank * per_rank, batch_rows)
@@ -179,14 +190,12 @@ class TrainLoader:
     ):
         if not sources:
             raise ValueError("no training feature sets (train.datasets is empty)")
-        if global_batch_size % world_size:
-            raise ValueError(f"global batch {global_batch_size} is not divisible by {world_size} processes")
+        self.per_rank = per_rank_batch_size(global_batch_size, world_size)
         if prefetch > 0 and workers < 1:
             raise ValueError(f"prefetch {prefetch} needs at least one worker thread, got workers={workers}")
         self.sources = list(sources)
         self.mode = mode
         self.global_batch_size = global_batch_size
-        self.per_rank = global_batch_size // world_size
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.device = device
         self.prefetch, self.workers = prefetch, workers
@@ -325,7 +334,7 @@ def val_batches(
 ) -> Iterator[tuple[int, slice, Batch | None]]:
     """The validation set in order, in global batches: (rows in this global batch, this rank's slice
     of it, this rank's rows or None when the slice is empty)."""
-    per_rank = global_batch_size // world_size
+    per_rank = per_rank_batch_size(global_batch_size, world_size)
     src = [TrainSource("val", features)]
     n = len(features)
     for lo in range(0, n, global_batch_size):

@@ -22,7 +22,8 @@ from mmaudio.model.network import build_network, load_network_weights
 from mmaudio.training.checkpoint import list_checkpoints, load_latest_checkpoint
 from mmaudio.training.ema import list_snapshots
 from mmaudio.training.loader import latent_stats
-from mmaudio.training.train import per_rank_batch_size, train
+from mmaudio.train_stage import train
+from mmaudio.training.loader import per_rank_batch_size
 from tests.training.conftest import REPO, train_params, train_raw
 from tests.training.presets import MICRO
 
