@@ -113,7 +113,7 @@ class EmaConfig:
 class TrainConfig:
     """The flow network's training (stage `train`); defaults are upstream's recipe for small_16k."""
 
-    network: str = "small_16k"  # preset in mmaudio.model.network.NETWORK_PRESETS; its mode must equal extract.mode
+    network: str = "small_16k"  # preset in mmaudio.model.presets.NETWORK_PRESETS; its mode must equal extract.mode
     datasets: dict[str, int] = field(default_factory=dict)  # feature set name -> repeat factor per epoch
     val_dataset: str | None = None  # feature set for the validation loss; null: no validation
     latent_stats_dataset: str | None = None  # latent mean/std source; null: the first video set in datasets
@@ -336,7 +336,7 @@ def _check_train(p: Params, source: str) -> None:
 def _check_network_mode(p: Params, source: str) -> None:
     # Training takes the mode from the network preset, extraction and evaluation from extract.mode:
     # features of one mode fed to a network of the other would fail late or, worse, not at all.
-    from mmaudio.model.network import NETWORK_PRESETS  # torch; the registry is the one fact of a preset's mode
+    from mmaudio.model.presets import NETWORK_PRESETS  # the registry is the one fact of a preset's mode
 
     preset = NETWORK_PRESETS.get(p.train.network)
     if preset is None:
