@@ -33,7 +33,7 @@ REPO_DIR = PACKAGE_DIR.parent
 # of the run key and the shard fingerprint do not follow them, so editing how a run is logged does not
 # throw away checkpoints or finished shards. DVC still reruns a stage that imports them (its deps
 # cover the whole closure).
-BOOKKEEPING = ("mmaudio.tracking", "mmaudio.hashing", "mmaudio.cli")
+BOOKKEEPING = tuple(f"{PACKAGE}.{name}" for name in ("tracking", "hashing", "cli"))
 
 
 def module_file(name: str) -> Path | None:
