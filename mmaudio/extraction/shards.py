@@ -22,15 +22,13 @@ from typing import Any
 
 import torch
 
+from mmaudio.code_deps import code_digest
 from mmaudio.segments import ClipRow
 from mmaudio.weights import load_weight_file, save_weight_file
 
 log = logging.getLogger(__name__)
 
 FINGERPRINT_VERSION = 1  # bump when the shard format or its meaning changes
-# Modules whose code decides the numbers in a shard; their sources enter the fingerprint.
-_CODE_FILES = ("media.py", "segments.py")
-_CODE_DIRS = ("encoders", "extraction")
 
 
 @dataclass(frozen=True)
@@ -81,13 +79,9 @@ def paths_fingerprint(paths: Iterable[str | os.PathLike]) -> str:
 
 
 def code_fingerprint() -> str:
-    """sha256 of the sources that compute shard contents."""
-    pkg = Path(__file__).resolve().parents[1]
-    files = [pkg / f for f in _CODE_FILES] + sorted(f for d in _CODE_DIRS for f in (pkg / d).glob("*.py"))
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.relative_to(pkg).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
-    return h.hexdigest()
+    """sha256 of the sources that compute shard contents: the import closure of the extraction jobs
+    (decoding, encoders, this pipeline), found by the same walk that checks dvc.yaml's deps."""
+    return code_digest("mmaudio.extraction.jobs")
 
 
 def shard_fingerprint(rows: Sequence[ClipRow], settings: Mapping[str, Any]) -> str:

@@ -34,7 +34,8 @@ Files under ``train.out_dir``:
 
 ``run_key`` hashes everything that decides the numbers: the train config except bookkeeping keys
 (``RESUME_NEUTRAL_KEYS``), the content hashes of the inputs (:func:`mmaudio.hashing.input_hashes`, the
-same function the MLflow record uses) and the training/model code. A run
+same function the MLflow record uses) and the code the training loop imports
+(``mmaudio.code_deps.code_digest``, the same walk that checks dvc.yaml's deps). A run
 resumes only from checkpoints of its own key, so changing a param or the data starts a fresh run
 (in its own folder) instead of silently continuing another one.
 """
@@ -57,6 +58,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from mmaudio.code_deps import code_digest
 from mmaudio.config import ConfigError, Params, TrainConfig, find_repo_root, to_flat_dict
 from mmaudio.distributed import DistContext, barrier, resolve_device
 from mmaudio.features import FeatureSet
@@ -83,8 +85,6 @@ RESUME_NEUTRAL_KEYS = frozenset(
      "compile",
      "device", "out_dir", "ema.snapshot_every", "ema.output_sigma_rel"}
 )
-# Code whose change changes the numbers: part of the run key.
-CODE_GLOBS = ("training/*.py", "model/*.py", "features.py")
 VAL_SEED_OFFSET = 7_919  # the validation generator's seed is train.seed + this, reset every pass
 
 
@@ -281,21 +281,12 @@ def build_optimizer(parameters: list[torch.Tensor], cfg: TrainConfig, amp: bool,
 # -- run identity ----------------------------------------------------------------------------------
 
 
-def code_digest() -> str:
-    root = Path(__file__).resolve().parents[1]  # the mmaudio package
-    h = hashlib.sha256()
-    for pattern in CODE_GLOBS:
-        for p in sorted(root.glob(pattern)):
-            h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes())
-    return h.hexdigest()
-
-
 def run_key(cfg: TrainConfig, hashes: Mapping[str, str]) -> str:
     """Short hash of what decides a run's numbers (see the module docstring)."""
     flat = {k: v for k, v in to_flat_dict(cfg).items() if k not in RESUME_NEUTRAL_KEYS}
     # the order of train.datasets lays out the epoch (and picks the latent-stats set): keep it
     flat["datasets.order"] = list(cfg.datasets)
-    doc = json.dumps({"train": flat, "inputs": dict(sorted(hashes.items())), "code": code_digest()},
+    doc = json.dumps({"train": flat, "inputs": dict(sorted(hashes.items())), "code": code_digest(__name__)},
                      sort_keys=True, default=str)
     return hashlib.sha256(doc.encode()).hexdigest()[:16]
 
