@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from mmaudio.extraction.pipeline import Encoders, extract_features
 from mmaudio.extraction.settings import ExtractResult, ExtractSettings
 from mmaudio.extraction.shards import code_fingerprint, paths_fingerprint
 from mmaudio.modes import mode_spec
+from mmaudio.tables import log_reject_summary
 from mmaudio.segments import AudioClipDataset, ClipRow, VideoClipDataset, audio_rows, video_rows
 
 
@@ -30,7 +30,8 @@ class ExtractJob:
     name: str
     kind: str
     rows: list[ClipRow]
-    carried_rejects: list[tuple[str, str]]  # from earlier stages and unusable rows
+    carried_rejects: list[tuple[str, str]]  # from earlier stages' rejects manifests
+    listing_rejects: list[tuple[str, str]]  # rows this stage cannot list (no caption, no file)
     dataset: Dataset
     settings: ExtractSettings
     out_dir: Path
@@ -78,7 +79,8 @@ def audio_job(params: Params, name: str, device: torch.device, weights: Sequence
         name=name,
         kind="audio",
         rows=listed.rows,
-        carried_rejects=listed.rejects,
+        carried_rejects=listed.carried,
+        listing_rejects=listed.rejects,
         dataset=AudioClipDataset(listed.rows, sample_rate=spec.sample_rate, num_samples=spec.num_audio_samples),
         settings=_settings(params, "audio", device, weights, {"normalize_audio": True}),
         out_dir=Path(params.extract.out_dir) / name,
@@ -105,7 +107,8 @@ def video_job(params: Params, name: str, device: torch.device, weights: Sequence
         name=name,
         kind="video",
         rows=listed.rows,
-        carried_rejects=listed.rejects,
+        carried_rejects=listed.carried,
+        listing_rejects=listed.rejects,
         dataset=dataset,
         settings=_settings(params, "video", device, weights, {"normalize_audio": ds.normalize_audio}),
         out_dir=Path(params.extract.out_dir) / name,
@@ -131,6 +134,7 @@ def run_job(job: ExtractJob, make_encoders: Callable[[], Encoders], ctx: DistCon
         ctx,
         out_dir=job.out_dir,
         carried_rejects=job.carried_rejects,
+        listing_rejects=job.listing_rejects,
         info=job.info,
         progress=progress,
     )
@@ -152,21 +156,11 @@ def result_metrics(result: ExtractResult) -> dict[str, float]:
     }
 
 
-_REJECTS_LOGGED = 50  # one line each; the rest are counted (rejects.tsv has them all)
-
-
 def log_rejects(logger: logging.Logger, result: ExtractResult) -> None:
-    """Log the first rejects one per line, then counts per kind of reason."""
-    for rid, reason in result.rejects[:_REJECTS_LOGGED]:
-        logger.warning("rejected %s: %s", rid, reason)
-    if len(result.rejects) > _REJECTS_LOGGED:
-        logger.warning("... and %d more rejects (all in rejects.tsv)", len(result.rejects) - _REJECTS_LOGGED)
-    kinds: dict[str, int] = {}
-    for _, reason in result.rejects:
-        kind = re.split(r"[(:'\d]", reason, maxsplit=1)[0].strip()  # the reason without its particulars
-        kinds[kind] = kinds.get(kind, 0) + 1
-    for kind, n in sorted(kinds.items(), key=lambda kv: -kv[1]):
-        logger.info("rejects: %6d  %s", n, kind)
+    """The first rejects one per line, then counts per kind of reason (rejects.tsv has them all)."""
+    log_reject_summary(logger, result.rejects)
+    if result.clips == 0 and result.rejects:
+        logger.error("every row was rejected (%d; reasons above): the feature set is empty", len(result.rejects))
 
 
 # -- encoders ---------------------------------------------------------------------------------------

@@ -18,9 +18,12 @@ def merge_shards(
     *,
     out_dir: str | os.PathLike,
     carried_rejects: Sequence[tuple[str, str]] = (),
+    listing_rejects: Sequence[tuple[str, str]] = (),
     info: Mapping[str, object] | None = None,
 ) -> ExtractResult:
-    """Concatenate finished shards in order into the feature set at ``out_dir``."""
+    """Concatenate finished shards in order into the feature set at ``out_dir``. Rejects are written
+    carried (earlier stages) first, then this stage's: rows it could not list, then rows it could not
+    decode; ``new_rejects`` counts this stage's."""
     manifests = []
     for s in shards:
         m = store.manifest(s, fingerprints[s.index])
@@ -29,7 +32,7 @@ def merge_shards(
         manifests.append(m)
     ids = [i for m in manifests for i in m.ids]
     texts = [t for m in manifests for t in m.texts]
-    new_rejects = [r for m in manifests for r in m.rejects]
+    new_rejects = [*listing_rejects, *(r for m in manifests for r in m.rejects)]
     rejects = [*carried_rejects, *new_rejects]
     with FeatureSetWriter(
         out_dir, mode=settings.mode, kind=settings.kind, num_rows=len(ids), storage_dtype=settings.storage_dtype, info=info

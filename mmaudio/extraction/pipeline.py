@@ -233,6 +233,7 @@ def extract_features(
     *,
     out_dir: str | os.PathLike,
     carried_rejects: Sequence[tuple[str, str]] = (),
+    listing_rejects: Sequence[tuple[str, str]] = (),
     info: Mapping[str, object] | None = None,
     progress: bool = True,
 ) -> ExtractResult | None:
@@ -311,11 +312,13 @@ def extract_features(
     if not ctx.is_main:
         return None
     result = merge_shards(
-        store, shards, fingerprints, settings, out_dir=out_dir, carried_rejects=carried_rejects, info=info
+        store, shards, fingerprints, settings, out_dir=out_dir, carried_rejects=carried_rejects,
+        listing_rejects=listing_rejects, info=info,
     )
     result.shards_resumed = int(resumed_all)
     result.clips_encoded = int(encoded_all)
     result.clips_per_sec = rate_all
     result.seconds = seconds
-    shutil.rmtree(store.dir)
+    if store.dir.exists():  # absent when there was no row to extract
+        shutil.rmtree(store.dir)
     return result
