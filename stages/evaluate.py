@@ -2,8 +2,9 @@
 
     torchrun --standalone --nproc_per_node=1 stages/evaluate.py [evaluate.solver=adaptive ...]
 
-Reads <train.out_dir>/weights.pth and logs every score into the training run (the id in
-<train.out_dir>/mlflow_run_id.txt). Writes <evaluate.out_dir>/: samples/, baseline_samples/, gt/
+Reads <train.out_dir>/weights.pth; logs the scores and this evaluation's params into an MLflow run
+nested under the training run (the id in <train.out_dir>/mlflow_run_id.txt), the scores also into
+the training run. Writes <evaluate.out_dir>/: samples/, baseline_samples/, gt/
 (FLAC at the model rate) and scores.json (DVC metrics; the untrained network's scores as baseline_*).
 """
 

@@ -152,6 +152,7 @@ def project(tmp_path_factory, examples_dir) -> Path:
         "video_datasets": {name: video_ds(ex / "video", name, True) for name in listed} | {"bad": video_ds(bad, "bad", True)},
         # every key, so that tests can override any of them
         "extract": {**dataclasses.asdict(ExtractConfig()), "device": "cpu", "num_workers": 0, "batch_size": 2, "shard_size": 4, "out_dir": "features"},
+        "train": {"network": "tiny_16k"},  # a preset of extract.mode (config checks them against each other)
         "tracking": {"uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "test"},
     }
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
