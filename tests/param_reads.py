@@ -4,9 +4,10 @@ While :func:`recording` is active, each :class:`~mmaudio.config.Params` that ``l
 carries the dotted path of every config object in it, and each access of a field that holds a value
 (not a nested section) is recorded as a key, e.g. ``train.seed`` or ``video_datasets.examples_test.split``.
 
-Reads from mmaudio/config.py (validation of the whole file) and mmaudio/tracking.py (the MLflow run
-logs the whole config and reads ``tracking.*`` to find its store) are not counted: they do not change
-what a stage computes.
+Reads from mmaudio/config.py (validation of the whole file), mmaudio/tracking.py (the MLflow run
+logs the whole config and reads ``tracking.*`` to find its store) and mmaudio/paths.py (every stage
+refuses outputs that would land on any input of the pipeline, so it reads every dataset's paths) are
+not counted: they do not change what a stage computes.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import mmaudio.config as config
 
 _PATH = "_recorded_param_path"
 _IGNORED_CALLERS = {str(Path(config.__file__).resolve()), str(Path(config.__file__).resolve().parent / "tracking.py"),
-                    dataclasses.__file__}
+                    str(Path(config.__file__).resolve().parent / "paths.py"), dataclasses.__file__}
 
 
 def _config_classes() -> list[type]:
