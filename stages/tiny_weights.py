@@ -11,10 +11,7 @@ DFN5B-CLIP-ViT-H-14-384/, empty_string.pth). The same seed gives byte-identical 
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
 from mmaudio.cli import parse_stage_args, run_stage, setup_logging
 from mmaudio.config import find_repo_root

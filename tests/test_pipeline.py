@@ -67,6 +67,13 @@ def test_repro_is_tracked_idempotent_and_exp_run_reruns_only_dependents(repo_cop
     assert latest.data.params["data.in.data/examples/audio"] == dep["md5"]
     assert latest.data.params["data.out.data/clips/examples_audio.tsv"] == out["md5"] == dvc_hash(repo_copy / out["path"])
 
+    # The MLflow experiment says where runs are logged, not what they compute: no stage declares
+    # `tracking`, so renaming it reruns and invalidates nothing.
+    renamed = run(["dvc", "exp", "run", "-S", "tracking.experiment=other", "-n", "renamed", *DATA_STAGES], repo_copy)
+    assert "Running stage" not in renamed.stdout, renamed.stdout
+    assert yaml.safe_load((repo_copy / "params.yaml").read_text())["tracking"]["experiment"] == "other"
+    assert "Data and pipelines are up to date" in run(["dvc", "status", *DATA_STAGES], repo_copy).stdout
+
     # last, as a failed stage removes its outputs: a wrong type through `dvc exp run -S` prints the
     # stage's three lines and DVC's one, no traceback
     bad = run(["dvc", "exp", "run", "-S", "partition.max_segments=abc", *DATA_STAGES], repo_copy, check=False)
@@ -85,7 +92,7 @@ def test_whole_chain_on_the_tiny_profile(repo_copy):
     run(["dvc", "repro"], repo_copy)
     assert "up to date" in run(["dvc", "repro"], repo_copy).stdout
     metrics = json.loads((repo_copy / "models/train/metrics.json").read_text())
-    assert metrics["step"] > 0 and metrics["loss"] < 6.0
+    assert metrics["step"] > 0 and metrics["train"]["loss"] < 6.0
 
     _commit(repo_copy, "pipeline ran")
     exp = run(["dvc", "exp", "run", "-S", "train.learning_rate=2e-3", "-n", "faster"], repo_copy)
@@ -94,4 +101,4 @@ def test_whole_chain_on_the_tiny_profile(repo_copy):
     assert float(latest.data.params["train.learning_rate"]) == 2e-3
     assert float(earlier.data.params["train.learning_rate"]) == 1e-3
     assert latest.data.tags["dvc.exp_name"] == "faster"
-    assert "loss" in latest.data.metrics
+    assert "train/loss" in latest.data.metrics and "val/loss" in latest.data.metrics

@@ -6,8 +6,8 @@ in ``<tracking root>/.cache/baseline/<key>/`` (``scores.json`` and ``samples/{id
 them. The key hashes everything that decides them: the network preset and seed, the data-derived
 buffers the baseline borrows from the trained network (latent stats, empty-string features), the
 sampling settings, the feature set, the scoring settings and the files they read (events, the
-profile's decoders, the extractor files found), the device type and the evaluation and model code.
-The tracking root is ``$DVC_ROOT`` or the repository root, so a `dvc exp run` in a temporary copy
+profile's decoders, the extractor files found), the device type and the code the evaluation runs
+(its import closure, ``mmaudio.code_deps.code_digest``). The tracking root is ``$DVC_ROOT`` or the repository root, so a `dvc exp run` in a temporary copy
 shares the cache. Delete the folder to recompute.
 """
 
@@ -23,23 +23,14 @@ from pathlib import Path
 
 import torch
 
+from mmaudio.code_deps import code_digest
 from mmaudio.config import Params
-from mmaudio.evaluation.resolver import MissingWeightError, resolve_weight
+from mmaudio.evaluation.resolver import MissingWeightsError, resolve_weight
 from mmaudio.hashing import dvc_hash
 
 log = logging.getLogger(__name__)
 
 CACHE_DIR = Path(".cache") / "baseline"
-CODE_GLOBS = ("evaluation/*.py", "evaluation/extractors/*.py", "model/*.py", "encoders/*.py")
-
-
-def _code_digest() -> str:
-    root = Path(__file__).resolve().parents[1]  # the mmaudio package
-    h = hashlib.sha256()
-    for pattern in CODE_GLOBS:
-        for p in sorted(root.glob(pattern)):
-            h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes())
-    return h.hexdigest()
 
 
 def _file_stamp(path: Path) -> list:
@@ -55,7 +46,7 @@ def _extractor_files(extractor_dir: Path) -> dict[str, list | None]:
     for name, spec in OFFICIAL_EXTRACTORS.items():
         try:
             out[name] = _file_stamp(resolve_weight(spec.filename, ext_dir=extractor_dir))
-        except MissingWeightError:
+        except MissingWeightsError:
             out[name] = None
     return out
 
@@ -74,7 +65,7 @@ def baseline_key(params: Params, trained: torch.nn.Module, features_path: Path, 
         "features": dvc_hash(features_path), "mode": params.extract.mode, "profile": params.profile,
         "decoders": [_file_stamp(f) for f in sorted(Path(decoder_dir).rglob("*")) if f.is_file()],
         "scoring": [cfg.crepe, cfg.extractor_preset, dvc_hash(cfg.events_tsv) if cfg.events_tsv else None],
-        "extractors": _extractor_files(extractor_dir), "device": device.type, "code": _code_digest(),
+        "extractors": _extractor_files(extractor_dir), "device": device.type, "code": code_digest("mmaudio.evaluation.evaluate"),
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

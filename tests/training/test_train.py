@@ -22,7 +22,8 @@ from mmaudio.model.network import build_network, load_network_weights
 from mmaudio.training.checkpoint import list_checkpoints, load_latest_checkpoint
 from mmaudio.training.ema import list_snapshots
 from mmaudio.training.loader import latent_stats
-from mmaudio.training.train import per_rank_batch_size, train
+from mmaudio.train_stage import train
+from mmaudio.training.loader import per_rank_batch_size
 from tests.training.conftest import REPO, train_params, train_raw
 from tests.training.presets import MICRO
 
@@ -108,7 +109,8 @@ def test_mlflow_run_holds_config_hashes_tags_and_metrics(long_run, feature_root)
     assert {"train/lr", "train/grad_norm", "train/samples_per_sec", "train/ema_synthesis_error"} <= set(m)
     assert m["train/lr"] == pytest.approx(2e-3) and run.info.status == "FINISHED"
     # the params the train stage reads (dvc.yaml's declaration), not the whole config
-    assert "partition.max_segments" not in p and "evaluate.num_steps" not in p
+    assert "partition.max_segments" not in p and "evaluate.out_dir" not in p
+    assert p["evaluate.num_steps"] == "25"  # evaluation during training's setting: the stage declares it
     artifacts = [a.path for a in client.list_artifacts(r.run_id, "weights")]
     assert artifacts == ["weights/weights.pth"]  # the exported weights go through the tracking server
     inputs = {d.dataset.name: d.dataset.digest for d in run.inputs.dataset_inputs}
@@ -293,3 +295,45 @@ def test_dvc_plots_show_draws_true_curves(long_run, tmp_path):
     assert all(v == pytest.approx(e, rel=1e-5) and v > 0.1 for (_, v), (_, e) in zip(val, expected))
     train_steps = [int(p["step"]) for p in points if p["filename"] == "train/loss.tsv"]
     assert train_steps == list(range(10, 151, 10))
+
+
+def test_the_stage_composes_inputs_and_callbacks_with_evaluate_settings(workspace, feature_root, tiny_weights):
+    """The trainer's audio samples follow evaluate.* (cfg_strength included) and the sampler is the
+    evaluation's: the guidance changes the sampled latents, the same settings reproduce them."""
+    import dataclasses
+
+    from mmaudio.distributed import DistContext
+    from mmaudio.evaluation.audio_samples import AudioSamples
+    from mmaudio.evaluation.sampling import sample_latents, sampling_options
+    from mmaudio.train_stage import train_callbacks, train_inputs
+    from mmaudio.training.loader import TrainSource, read_rows
+
+    shutil.copytree(tiny_weights, workspace / "ext_weights" / "tiny")
+    base = train_params(feature_root, workspace / "s", num_audio_samples=1, val_interval=7)
+    params = dataclasses.replace(base, evaluate=dataclasses.replace(base.evaluate, cfg_strength=3.0, num_steps=3))
+    ctx = DistContext(0, 1, 0, torch.device("cpu"))
+    callbacks = train_callbacks(params, ctx)
+    assert [(c.interval, type(c.callback)) for c in callbacks] == [(7, AudioSamples)]  # eval_interval 0: no evaluation
+    samples = callbacks[0].callback
+    assert samples.options == sampling_options(params.evaluate)
+    assert (samples.options.cfg_strength, samples.options.num_steps) == (3.0, 3)
+    assert train_callbacks(params, ctx._replace(rank=1)) == []  # samples are rank 0's
+    inputs = train_inputs(params)
+    assert inputs.empty_string_file == workspace / "ext_weights" / "tiny" / "empty_string.pth"
+    assert inputs.empty_string_source == "ext_weights/tiny/empty_string.pth" and inputs.empty_string.shape[0] == 77
+
+    torch.manual_seed(0)
+    net = build_network(MICRO, latent_mean=torch.zeros(20), latent_std=torch.ones(20)).eval()
+    with torch.no_grad():
+        for p in net.parameters():  # the training init zeroes the output: give every path a say
+            p.add_(0.05 * torch.randn_like(p))
+    idx = torch.arange(1)
+    batch = read_rows([TrainSource("s", samples.features)], torch.zeros_like(idx), idx, "16k")
+    args = (batch.clip_features, batch.sync_features, batch.text_features, [0])
+
+    def latents(options):
+        return sample_latents(net, *args, options, video_exist=batch.video_exist)
+
+    at_3 = latents(samples.options)
+    assert torch.equal(at_3, latents(samples.options))
+    assert not torch.allclose(at_3, latents(dataclasses.replace(samples.options, cfg_strength=1.0)))
