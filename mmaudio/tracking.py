@@ -25,6 +25,7 @@ written unless a call fails to reach the store).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -101,6 +102,61 @@ def relpath(path: str | os.PathLike, root: Path) -> str:
         return p.relative_to(root).as_posix()
     except ValueError:
         return p.as_posix()
+
+
+RUN_ID_FILE = "mlflow_run_id.txt"
+_RUN_ID = re.compile(r"[0-9a-f]{32}")  # MLflow's run ids: uuid4 hex
+
+
+class StaleRunIdError(RuntimeError):
+    """A run-id file does not belong to the weights beside it; the message names both files."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_run_id_file(path: str | os.PathLike, run_id: str | None, weights: str | os.PathLike) -> Path:
+    """``path``: the run id on the first line, ``<weights file name> sha256 <hex>`` on the second, so a
+    later stage logs into this run only while the weights are the ones this run made. An empty first
+    line: no run (tracking off or the store unreachable)."""
+    path, weights = Path(path), Path(weights)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(f"{run_id or ''}\n{weights.name} sha256 {_sha256(weights)}\n")
+    os.replace(tmp, path)
+    return path
+
+
+def run_id_for_weights(path: str | os.PathLike, weights: str | os.PathLike) -> str | None:
+    """The run recorded in the run-id file ``path`` if it made ``weights``; None if the file is absent
+    or names no run; StaleRunIdError if it records another file's hash (a stale file, or one copied
+    from elsewhere), no hash at all, or no valid run id."""
+    path, weights = Path(path), Path(weights)
+    if not path.is_file():
+        return None
+    lines = path.read_text(errors="replace").splitlines()
+    run_id = lines[0].strip() if lines else ""
+    if not run_id:
+        return None
+    if not _RUN_ID.fullmatch(run_id):
+        raise StaleRunIdError(f"{path}: first line {run_id[:80]!r} is not an MLflow run id (32 hex digits)")
+    bound = re.fullmatch(r"(\S+) sha256 ([0-9a-f]{64})", lines[1].strip()) if len(lines) > 1 else None
+    fix = f"rerun the train stage, or delete {path} to log into a new run"
+    if bound is None:
+        raise StaleRunIdError(f"{path}: run {run_id} records no weights hash ('<file> sha256 <hex>' line), so it "
+                              f"cannot be tied to {weights}; {fix}")
+    if not weights.is_file():
+        raise StaleRunIdError(f"{path}: run {run_id} made {bound[1]}, but {weights} does not exist")
+    sha = _sha256(weights)
+    if sha != bound[2]:
+        raise StaleRunIdError(
+            f"{path}: run {run_id} made a {bound[1]} with SHA-256 {bound[2][:16]}..., but {weights} has "
+            f"{sha[:16]}...: the run-id file is stale or from another run; {fix}")
+    return run_id
 
 
 class TrackingUnreachable(RuntimeError):

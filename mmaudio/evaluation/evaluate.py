@@ -20,6 +20,7 @@ The baseline is scored by the same metrics (``baseline_<key>``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -53,7 +54,8 @@ from mmaudio.features import FeatureSet
 from mmaudio.model.network import MMAudioNetwork
 from mmaudio.media import FrameSpec, load_video_clip
 from mmaudio.hashing import dvc_hash
-from mmaudio.tracking import StageRun, relpath
+from mmaudio.locks import exclusive_folder
+from mmaudio.tracking import RUN_ID_FILE, StageRun, relpath, run_id_for_weights
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +219,8 @@ def evaluate(
     """Sample ``evaluate.dataset`` with the trained (and untrained) network, score, write, log.
 
     ``weights`` defaults to ``<train.out_dir>/weights.pth`` and ``run_id`` to the id in
-    ``<train.out_dir>/mlflow_run_id.txt`` (a new run when that file is absent or empty). Returns the
+    ``<train.out_dir>/mlflow_run_id.txt`` (a new run when that file is absent or empty; an error when it
+    records other weights than ``weights``: see :func:`mmaudio.tracking.run_id_for_weights`). Returns the
     scores on rank 0 (an empty dict elsewhere).
     """
     cfg = params.evaluate
@@ -226,15 +229,16 @@ def evaluate(
     train_dir = Path(params.train.out_dir)
     weights = Path(weights) if weights is not None else train_dir / "weights.pth"
     if run_id is None:
-        id_file = train_dir / "mlflow_run_id.txt"
-        run_id = (id_file.read_text().strip() or None) if id_file.is_file() else None
+        # only the training run that made these very weights: a stale or copied file is an error
+        run_id = run_id_for_weights(train_dir / RUN_ID_FILE, weights)
     out_dir = Path(cfg.out_dir)
     features = FeatureSet.open(Path(params.extract.out_dir) / cfg.dataset, mode=params.extract.mode)
     options = sampling_options(params)
     inputs = [weights, features.path] + ([cfg.events_tsv] if cfg.events_tsv else [])
     # MLflow params are write-once, and the train run already holds its own: a re-evaluation logging
     # data.in/data.out params into it would be refused, so content hashes go to (mutable) tags instead
-    with StageRun(STAGE, params, rank=ctx.rank, run_id=run_id) as run:
+    lock = exclusive_folder(out_dir, "evaluation run") if ctx.rank == 0 else contextlib.nullcontext()
+    with lock, StageRun(STAGE, params, rank=ctx.rank, run_id=run_id) as run:
         run.set_tags({f"eval.in.{relpath(p, root)}": dvc_hash(p) for p in inputs})
         net = load_trained_network(params.train.network, weights, ctx.device)
         nets = {"": net}

@@ -26,7 +26,7 @@ Files under ``train.out_dir``:
     weights.pth          EMA synthesised at ``ema.output_sigma_rel``, in the official mmaudio_*.pth format
     metrics.json         final loss, val loss, steps (DVC metrics)
     loss.tsv             step, loss, val_loss (DVC plot)
-    mlflow_run_id.txt    the MLflow run, for the evaluation stage to log into
+    mlflow_run_id.txt    the MLflow run and the SHA-256 of the weights.pth it made, for the evaluation stage
 
 ``run_key`` hashes everything that decides the numbers: the train config except bookkeeping keys
 (``RESUME_NEUTRAL_KEYS``), the content hashes of the inputs and the training/model code. A run
@@ -36,6 +36,7 @@ resumes only from checkpoints of its own key, so changing a param or the data st
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -55,11 +56,13 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from mmaudio.config import ConfigError, Params, TrainConfig, find_repo_root
 from mmaudio.distributed import DistContext, barrier, resolve_device
 from mmaudio.features import LATENT_SHAPES, FeatureSet
+from mmaudio.locks import exclusive_folder
 from mmaudio.model.flow_matching import flow_matching_loss, interpolate, sample_logit_normal_t, sample_noise_like
 from mmaudio.model.network import MMAudioNetwork, NetworkPreset, build_network, get_network_preset, load_network_weights
 from mmaudio.tables import write_tsv
-from mmaudio.tracking import StageRun, relpath
+from mmaudio.tracking import RUN_ID_FILE, StageRun, redact_credentials, relpath, write_run_id_file
 from mmaudio.training.checkpoint import (
+    list_checkpoints,
     load_latest_checkpoint,
     load_plain_file,
     restore_rng_states,
@@ -433,7 +436,9 @@ def train(params: Params, ctx: DistContext | None = None, *, halt_after_step: in
         "train.rows_per_epoch": loader.num_rows,
     }
 
-    with StageRun(STAGE, params, inputs=inputs, rank=ctx.rank, extra_params=derived) as run:
+    # one run per output folder (rank 0 holds it for all): the lock goes when the process does
+    lock = exclusive_folder(out_dir, "training run") if ctx.rank == 0 else contextlib.nullcontext()
+    with lock, StageRun(STAGE, params, inputs=inputs, rank=ctx.rank, extra_params=derived) as run:
         key = _broadcast(run_key(cfg, run.hashes) if ctx.rank == 0 else None, ctx)
         ckpt_dir = out_dir / "checkpoints" / key
         ema_dir = ckpt_dir / "ema"
@@ -501,7 +506,9 @@ def train(params: Params, ctx: DistContext | None = None, *, halt_after_step: in
             step = resumed_from = int(ckpt["step"])
             history = [list(map(float, row)) for row in ckpt["history"]]
             log.info("resumed from %s (step %d)", source, step)
-            run.set_tags({"train.resumed_from_step": step, "train.resumed_from_run": ckpt.get("mlflow_run_id", "")})
+            # the run that wrote the checkpoint is found by the same train.run_key param: the file itself
+            # carries no run id, so identical runs write identical bytes (one DVC hash)
+            run.set_tags({"train.resumed_from_step": step})
             del ckpt
         log.info(
             "training %s (%d trainable parameters) on %d process(es), %s: %d rows per epoch, global batch %d "
@@ -524,9 +531,8 @@ def train(params: Params, ctx: DistContext | None = None, *, halt_after_step: in
                     "loader": loader.state_dict(),
                     "ranks": ranks,  # per process: RNG states, metric window
                     "history": history,
-                    "config": dataclasses.asdict(params),
+                    "config": checkpoint_config(params),
                     "run_key": key,
-                    "mlflow_run_id": run.run_id or "",
                 }
                 path = save_checkpoint(ckpt_dir, state, cfg.keep_last)
                 log.info("checkpoint %s", path)
@@ -539,6 +545,12 @@ def train(params: Params, ctx: DistContext | None = None, *, halt_after_step: in
         window_steps, window_start = int(window["steps"]), time.perf_counter()
         last_loss = math.nan
         parameters = [p for _, p in trainable]
+        first_bad = torch.zeros((), dtype=torch.int64, device=ctx.device)  # first step with a NaN/inf loss or grad norm; 0: none
+        check_every = [cfg.log_interval, cfg.checkpoint_every, cfg.ema.snapshot_every]
+        if val is not None or sampler is not None:
+            check_every.append(cfg.val_interval)
+        if evaluation is not None:
+            check_every.append(cfg.eval_interval)
         objective.train()
         while step < cfg.num_iterations:
             batch = loader.next()
@@ -554,6 +566,10 @@ def train(params: Params, ctx: DistContext | None = None, *, halt_after_step: in
             window_grad += grad_norm
             window_steps += 1
             final = step == cfg.num_iterations
+            first_bad.masked_fill_((first_bad == 0) & ~(torch.isfinite(loss) & torch.isfinite(grad_norm)), step)
+            if final or any(step % every == 0 for every in check_every):
+                # before anything is logged or saved: a NaN must never reach a checkpoint or an EMA snapshot
+                stop_if_not_finite(first_bad, ctx, ckpt_dir)
 
             if step % cfg.log_interval == 0 or final:
                 sums = _all_reduce_sum(torch.stack([window_loss, window_grad]).double(), ctx)
@@ -603,11 +619,35 @@ def train(params: Params, ctx: DistContext | None = None, *, halt_after_step: in
         weights_path = None
         if ctx.rank == 0:
             weights_path = export_ema_weights(net, ema_dir, cfg, out_dir / "weights.pth", run)
-            write_run_files(out_dir, history, last_loss, val_loss, step, run.run_id)
+            write_run_files(out_dir, history, last_loss, val_loss, step, run.run_id, weights_path)
             run.log_outputs([weights_path])
             run.log_artifact(out_dir / "loss.tsv")
         barrier()
         return TrainResult(step, last_loss, val_loss, weights_path, ckpt_dir, run.run_id, history, resumed_from)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss or gradient norm became NaN or inf; the message names the step."""
+
+
+def stop_if_not_finite(first_bad: torch.Tensor, ctx: DistContext, ckpt_dir: Path) -> None:
+    """Raise on every rank if any rank saw a non-finite loss or gradient norm (``first_bad`` > 0).
+
+    The flag lives on the device and is read only here, at the steps where something is logged or
+    saved, so the loop does not wait for the GPU every step."""
+    never = torch.iinfo(torch.int64).max
+    bad = torch.where(first_bad > 0, first_bad, torch.full_like(first_bad, never))
+    if ctx.world_size > 1 and dist.is_initialized():
+        dist.all_reduce(bad, op=dist.ReduceOp.MIN)
+    step = int(bad)
+    if step == never:
+        return
+    kept = list_checkpoints(ckpt_dir)
+    last = f"the last good checkpoint is {kept[-1][1]} (step {kept[-1][0]})" if kept else "no checkpoint was written yet"
+    raise NonFiniteLossError(
+        f"training stopped: the loss or gradient norm at step {step} is NaN or inf (check the data, "
+        f"train.learning_rate and train.grad_clip); {last}; nothing after it was saved and weights.pth was not exported"
+    )
 
 
 def export_ema_weights(net: MMAudioNetwork, ema_dir: Path, cfg: TrainConfig, path: Path, run: StageRun) -> Path:
@@ -618,6 +658,9 @@ def export_ema_weights(net: MMAudioNetwork, ema_dir: Path, cfg: TrainConfig, pat
     unknown = set(synth.state) - set(state)
     if unknown:
         raise ValueError(f"{ema_dir}: EMA tensors {sorted(unknown)[:5]} are not network parameters")
+    non_finite = [k for k, v in synth.state.items() if not bool(torch.isfinite(v).all())]
+    if non_finite:
+        raise NonFiniteLossError(f"{ema_dir}: the EMA snapshots hold NaN or inf in {non_finite[:5]}; {path} not written")
     state.update(synth.state)  # the trainable tensors; fixed ones (latent stats, empty string) stay
     with torch.device("meta"):
         layout = {k: tuple(v.shape) for k, v in build_network(net.preset).state_dict().items()}
@@ -631,10 +674,20 @@ def export_ema_weights(net: MMAudioNetwork, ema_dir: Path, cfg: TrainConfig, pat
     return path
 
 
+def checkpoint_config(params: Params) -> dict[str, Any]:
+    """The resolved config as a checkpoint stores it, with any credentials in the tracking URI hidden."""
+    config = dataclasses.asdict(params)
+    if config["tracking"]["uri"]:
+        config["tracking"]["uri"] = redact_credentials(config["tracking"]["uri"])
+    return config
+
+
 def write_run_files(
-    out_dir: Path, history: list[list[float]], loss: float, val_loss: float | None, step: int, run_id: str | None
+    out_dir: Path, history: list[list[float]], loss: float, val_loss: float | None, step: int, run_id: str | None,
+    weights: Path,
 ) -> None:
-    """metrics.json and loss.tsv for DVC, mlflow_run_id.txt for the evaluation stage."""
+    """metrics.json and loss.tsv for DVC; mlflow_run_id.txt (the run bound to ``weights``' hash) for the
+    evaluation stage."""
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = {"loss": _finite(loss), "val_loss": _finite(val_loss), "step": step}
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
@@ -644,7 +697,7 @@ def write_run_files(
 
     rows = [{"step": str(int(s)), "loss": cell(lo), "val_loss": cell(va)} for s, lo, va in history]
     write_tsv(out_dir / "loss.tsv", ("step", "loss", "val_loss"), rows)
-    (out_dir / "mlflow_run_id.txt").write_text((run_id or "") + "\n")
+    write_run_id_file(out_dir / RUN_ID_FILE, run_id, weights)
 
 
 def _finite(v: float | None) -> float | None:
