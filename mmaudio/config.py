@@ -310,6 +310,7 @@ def _check_values(p: Params, source: str) -> None:
     for key, seed in (("examples.seed", p.examples.seed), ("tiny_weights.seed", p.tiny_weights.seed)):
         _check_range(source, key, seed, 0, MAX_SEED)
     _check_extract(p.extract, source)
+    _check_tracking(p.tracking, source)
     _check_train(p, source)
     _check_evaluate(p.evaluate, source)
     if p.partition.min_duration_sec < p.partition.segment_sec:
@@ -391,8 +392,21 @@ def _check_evaluate(e: EvaluateConfig, source: str) -> None:
 def _check_range(source: str, key: str, value: float, low: float, high: float, *, low_open: bool = False) -> None:
     """``value`` in [low, high] (or (low, high] with ``low_open``), else an error naming key, value and range."""
     if (value <= low if low_open else value < low) or value > high:
-        shown = "inf" if high == math.inf else (f"2**32 - 1" if high == MAX_SEED else f"{high:g}")
-        raise ConfigError(f"{source}: key '{key}' must be in {'(' if low_open else '['}{low:g}, {shown}], got {value}")
+        shown = "inf)" if high == math.inf else ("2**32 - 1]" if high == MAX_SEED else f"{high:g}]")
+        raise ConfigError(f"{source}: key '{key}' must be in {'(' if low_open else '['}{low:g}, {shown}, got {value}")
+
+
+def _check_tracking(t: TrackingConfig, source: str) -> None:
+    from mmaudio.tracking import redact_credentials  # the one definition of what a secret in a URI looks like
+
+    # params.yaml is committed, copied into dvc.lock and experiment commits and logged to MLflow: a
+    # password there is a password in every clone; the environment keeps it on this machine
+    if t.uri and redact_credentials(t.uri) != t.uri:
+        raise ConfigError(
+            f"{source}: key 'tracking.uri' ({redact_credentials(t.uri)}) carries credentials; keep the URI plain "
+            "and put them in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN, "
+            "or the whole URI in MLFLOW_TRACKING_URI"
+        )
 
 
 def _describe(e: OmegaConfBaseException) -> str:
