@@ -469,8 +469,19 @@ class StageRun:
             op = {**op, "path": str(dest)}
         self._queue.put(op)
 
+    def sync(self, timeout: float | None = None) -> bool:
+        """Wait until every record handed in so far was sent or spooled (False: ``timeout`` passed first)."""
+        if self._worker is None:
+            return True
+        done = threading.Event()
+        self._queue.put({"op": "sync", "done": done})
+        return done.wait(timeout)
+
     def _work(self) -> None:
         while (op := self._queue.get()) is not None:
+            if op["op"] == "sync":
+                op["done"].set()
+                continue
             try:
                 self._process(op)
             except Exception as e:  # noqa: BLE001 - the thread must outlive one bad record; __exit__ re-raises it

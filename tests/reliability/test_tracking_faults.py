@@ -100,6 +100,7 @@ def test_server_down_at_start_then_up_receives_everything(server, workspace, cap
     t0 = time.monotonic()
     with caplog.at_level(logging.INFO, logger="mmaudio.tracking"):
         with StageRun("stage_a", _params(server), inputs=["in.txt"]) as run:
+            run.sync()  # records go through a background thread
             assert run.run_id is None and run.spool is not None  # nothing reached the store yet
             for step in range(1, 4):
                 run.log_metrics({"loss": 1.0 / step}, step=step)
@@ -111,7 +112,8 @@ def test_server_down_at_start_then_up_receives_everything(server, workspace, cap
             assert time.monotonic() - t0 < 10  # fail-fast client: no long stalls per call
             server.start()
             time.sleep(0.6)  # past the retry interval
-            run.log_metrics({"loss": 0.1}, step=4)  # this call sends the spool first
+            run.log_metrics({"loss": 0.1}, step=4)  # this record sends the spool first
+            run.sync()
             assert run.spool is None and run.run_id is not None
     assert not run.incomplete and run.deferred >= 8
     assert "could not send start of run" in caplog.text and "is back: sent the" in caplog.text
@@ -139,12 +141,14 @@ def test_server_killed_mid_run_and_restarted(server, workspace, caplog):
             for step in range(2, 6):
                 run.log_metrics({"loss": float(step)}, step=step)  # the stage goes on
             run.log_params({"late.param": 7})
+            run.sync()
             assert time.monotonic() - t0 < 10 and run.spool is not None and run.spool.is_file()
             spooled = run.spool.read_text()
             assert '"step": 2' in spooled and "late.param" in spooled
             server.start()
             time.sleep(0.6)
             run.log_metrics({"loss": 6.0}, step=6)
+            run.sync()
             assert run.spool is None
     assert run.run_id == run_id and not run.incomplete
     assert "unreachable" in caplog.text and "metrics ['loss'] at step 2" in caplog.text
