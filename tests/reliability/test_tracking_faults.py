@@ -136,6 +136,7 @@ def test_server_killed_mid_run_and_restarted(server, workspace, caplog):
         with StageRun("stage_b", _params(server)) as run:
             run_id = run.run_id
             run.log_metrics({"loss": 1.0}, step=1)
+            run.sync()
             server.kill()
             t0 = time.monotonic()
             for step in range(2, 6):
@@ -164,6 +165,7 @@ def test_server_gone_for_good_leaves_a_spool_that_replays(server, workspace, cap
     with caplog.at_level(logging.INFO, logger="mmaudio.tracking"):
         with StageRun("stage_c", _params(server)) as run:
             run.log_metrics({"loss": 1.0}, step=1)
+            run.sync()  # the run exists on the server before it goes
             server.kill()
             run.log_metrics({"loss": 2.0}, step=2)
             run.set_tags({"result": "kept"})
@@ -189,3 +191,20 @@ def test_refused_records_still_raise(server, workspace):
             run.log_params({"p": 1})
             run.log_params({"p": 2})
     assert run.spool is None
+
+
+def test_credentials_in_the_uri_never_reach_stdout_or_the_log(server, workspace, capfd, caplog, monkeypatch):
+    """MLflow prints "View run ... at: <uri>" itself; with a password in the URI that line leaked it."""
+    server.start()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri.replace("http://", "http://alice:s3cret@"))
+    monkeypatch.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", raising=False)
+    with caplog.at_level(logging.INFO, logger="mmaudio.tracking"):
+        with StageRun("stage_e", load_params(["tracking.experiment=creds"])) as run:
+            run.log_metrics({"loss": 1.0}, step=1)
+    out, err = capfd.readouterr()
+    assert run.run_id is not None and not run.incomplete
+    assert "View run" not in out
+    assert "s3cret" not in out + err + caplog.text
+    assert "http://alice:***@127.0.0.1" in caplog.text
+    r = mlflow.MlflowClient(tracking_uri=server.uri).get_run(run.run_id)
+    assert not any("s3cret" in v for v in [*r.data.params.values(), *r.data.tags.values()])
