@@ -321,7 +321,9 @@ class _Sender:
             c.update_run(self.run_id, status="RUNNING")
         else:
             # the same default tags (user, source, git) as mlflow.start_run would add
-            run = c.create_run(exp_id, start_time=op["time_ms"], run_name=op["run_name"], tags=resolve_tags({}))
+            # (a git remote URL among them may carry a token: hidden like every other value we log)
+            tags = {k: redact_credentials(str(v)) for k, v in resolve_tags({}).items()}
+            run = c.create_run(exp_id, start_time=op["time_ms"], run_name=op["run_name"], tags=tags)
             self.run_id = run.info.run_id
 
     def _input(self, op: Mapping[str, Any]) -> None:
