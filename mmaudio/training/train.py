@@ -646,7 +646,7 @@ def stop_if_not_finite(first_bad: torch.Tensor, ctx: DistContext, ckpt_dir: Path
     last = f"the last good checkpoint is {kept[-1][1]} (step {kept[-1][0]})" if kept else "no checkpoint was written yet"
     raise NonFiniteLossError(
         f"training stopped: the loss or gradient norm at step {step} is NaN or inf (check the data, "
-        f"train.learning_rate and train.grad_clip); {last}; nothing after it was saved and weights.pth was not exported"
+        f"train.learning_rate and train.grad_clip); {last}; nothing from that step on was saved and weights.pth was not exported"
     )
 
 
