@@ -545,7 +545,8 @@ def train(params: Params, ctx: DistContext | None = None, *, halt_after_step: in
         window_steps, window_start = int(window["steps"]), time.perf_counter()
         last_loss = math.nan
         parameters = [p for _, p in trainable]
-        first_bad = torch.zeros((), dtype=torch.int64, device=ctx.device)  # first step with a NaN/inf loss or grad norm; 0: none
+        # the first step whose loss or grad norm was NaN/inf (0: none), kept on the device
+        first_bad = torch.zeros((), dtype=torch.int64, device=ctx.device)
         check_every = [cfg.log_interval, cfg.checkpoint_every, cfg.ema.snapshot_every]
         if val is not None or sampler is not None:
             check_every.append(cfg.val_interval)
@@ -646,7 +647,8 @@ def stop_if_not_finite(first_bad: torch.Tensor, ctx: DistContext, ckpt_dir: Path
     last = f"the last good checkpoint is {kept[-1][1]} (step {kept[-1][0]})" if kept else "no checkpoint was written yet"
     raise NonFiniteLossError(
         f"training stopped: the loss or gradient norm at step {step} is NaN or inf (check the data, "
-        f"train.learning_rate and train.grad_clip); {last}; nothing from that step on was saved and weights.pth was not exported"
+        f"train.learning_rate and train.grad_clip); {last}; nothing from that step on was saved and weights.pth "
+        "was not exported"
     )
 
 
