@@ -236,6 +236,7 @@ def load_params(overrides: Sequence[str] = (), root: str | os.PathLike | None = 
 
 
 MAX_YAML_NODES = 100_000  # params.yaml has a few hundred; an alias bomb expands to billions
+MAX_YAML_DEPTH = 64  # params.yaml nests 4 deep; far deeper would exhaust Python's stack in OmegaConf
 
 
 def _refuse_alias_bombs(path: Path) -> None:
@@ -244,7 +245,10 @@ def _refuse_alias_bombs(path: Path) -> None:
     YAML aliases share one node, so nested aliases ("billion laughs") grow the loaded tree
     exponentially while the file stays small; OmegaConf would copy every branch and exhaust memory.
     """
-    root = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    try:
+        root = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except RecursionError as e:
+        raise ConfigError(f"{path}: its YAML nests deeper than {MAX_YAML_DEPTH} levels; refused") from e
     sizes: dict[int, int] = {}
     open_nodes: set[int] = set()
 
@@ -264,6 +268,17 @@ def _refuse_alias_bombs(path: Path) -> None:
         sizes[id(node)] = n
         return n
 
+    def depth(node: yaml.Node, level: int) -> None:
+        if level > MAX_YAML_DEPTH:
+            raise ConfigError(f"{path}: its YAML nests deeper than {MAX_YAML_DEPTH} levels; refused")
+        if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and id(node) not in seen:
+            seen.add(id(node))
+            for child in (c for pair in node.value for c in pair) if isinstance(node, yaml.MappingNode) else node.value:
+                depth(child, level + 1)
+
+    seen: set[int] = set()
+    if root is not None:
+        depth(root, 1)
     total = size(root) if root is not None else 0
     if total > MAX_YAML_NODES:
         raise ConfigError(

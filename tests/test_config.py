@@ -129,3 +129,11 @@ def test_credentials_in_the_tracking_uri_are_refused_without_echoing_them(params
     with pytest.raises(ConfigError, match=r"key 'tracking\.uri' \(.*\*\*\*.*\) carries credentials") as e:
         load_params([f"tracking.uri='{uri}'"], root=params_dir)
     assert "s3cret" not in str(e.value)
+
+
+@pytest.mark.parametrize("levels", [65, 100_000])
+def test_deeply_nested_yaml_is_refused_naming_the_file(params_dir, levels):
+    path = params_dir / "params.yaml"
+    path.write_text(path.read_text() + "\nx: " + "[" * levels + "]" * levels + "\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: its YAML nests deeper than 64 levels; refused$"):
+        load_params(root=params_dir)

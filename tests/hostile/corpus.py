@@ -744,6 +744,12 @@ def _(tmp, good):
     return params_beside_good(tmp, [], ("profile: tiny\n" + "\n".join(lines) + "\n").encode())
 
 
+@case("params.yaml nested 100000 levels deep", "params", "raised", "ConfigError",
+      _P + r"its YAML nests deeper than 64 levels; refused")
+def _(tmp, good):
+    return params_beside_good(tmp, [], b"profile: tiny\nx: " + b"[" * 100_000 + b"]" * 100_000 + b"\n")
+
+
 @case("weights: a NaN entry", "weights", "raised", "WeightFileError",
       r"weight file .*/w\.pth: entries hold NaN or inf values: \['weight'\]")
 def _(tmp, good):
