@@ -22,7 +22,6 @@ import logging
 import math
 import os
 import queue
-import re
 import shutil
 import threading
 import time
@@ -49,6 +48,7 @@ from mmaudio.clip_sources import (
 from mmaudio.config import ConfigError, Params, find_repo_root
 from mmaudio.distributed import DistContext, all_reduce_sum, barrier
 from mmaudio.features import STORAGE_DTYPES, FeatureSetWriter, feature_shapes
+from mmaudio.tables import log_reject_summary
 from mmaudio.staging import put_unless_stopped, receive, send_async
 from mmaudio.weights import load_weight_file, save_weight_file
 
@@ -440,6 +440,7 @@ def extract_features(
     *,
     out_dir: str | os.PathLike,
     carried_rejects: Sequence[tuple[str, str]] = (),
+    listing_rejects: Sequence[tuple[str, str]] = (),
     info: Mapping[str, object] | None = None,
     progress: bool = True,
 ) -> ExtractResult | None:
@@ -518,13 +519,15 @@ def extract_features(
     if not ctx.is_main:
         return None
     result = merge_shards(
-        store, shards, fingerprints, settings, out_dir=out_dir, carried_rejects=carried_rejects, info=info
+        store, shards, fingerprints, settings, out_dir=out_dir, carried_rejects=carried_rejects,
+        listing_rejects=listing_rejects, info=info,
     )
     result.shards_resumed = int(resumed_all)
     result.clips_encoded = int(encoded_all)
     result.clips_per_sec = rate_all
     result.seconds = seconds
-    shutil.rmtree(store.dir)
+    if store.dir.exists():  # absent when there was no row to extract
+        shutil.rmtree(store.dir)
     return result
 
 
@@ -536,9 +539,12 @@ def merge_shards(
     *,
     out_dir: str | os.PathLike,
     carried_rejects: Sequence[tuple[str, str]] = (),
+    listing_rejects: Sequence[tuple[str, str]] = (),
     info: Mapping[str, object] | None = None,
 ) -> ExtractResult:
-    """Concatenate finished shards in order into the feature set at ``out_dir``."""
+    """Concatenate finished shards in order into the feature set at ``out_dir``. Rejects are written
+    carried (earlier stages) first, then this stage's: rows it could not list, then rows it could not
+    decode; ``new_rejects`` counts this stage's."""
     manifests = []
     for s in shards:
         m = store.manifest(s, fingerprints[s.index])
@@ -547,7 +553,7 @@ def merge_shards(
         manifests.append(m)
     ids = [i for m in manifests for i in m.ids]
     texts = [t for m in manifests for t in m.texts]
-    new_rejects = [r for m in manifests for r in m.rejects]
+    new_rejects = [*listing_rejects, *(r for m in manifests for r in m.rejects)]
     rejects = [*carried_rejects, *new_rejects]
     with FeatureSetWriter(
         out_dir, mode=settings.mode, kind=settings.kind, num_rows=len(ids), storage_dtype=settings.storage_dtype, info=info
@@ -579,7 +585,8 @@ class ExtractJob:
     name: str
     kind: str
     rows: list[ClipRow]
-    carried_rejects: list[tuple[str, str]]  # from earlier stages and unusable rows
+    carried_rejects: list[tuple[str, str]]  # from earlier stages' rejects manifests
+    listing_rejects: list[tuple[str, str]]  # rows this stage cannot list (no caption, no file)
     dataset: Dataset
     settings: ExtractSettings
     out_dir: Path
@@ -627,7 +634,8 @@ def audio_job(params: Params, name: str, device: torch.device, weights: Sequence
         name=name,
         kind="audio",
         rows=listed.rows,
-        carried_rejects=listed.rejects,
+        carried_rejects=listed.carried,
+        listing_rejects=listed.rejects,
         dataset=AudioClipDataset(listed.rows, sample_rate=spec.sample_rate, num_samples=spec.num_samples),
         settings=_settings(params, "audio", device, weights, {"normalize_audio": True}),
         out_dir=Path(params.extract.out_dir) / name,
@@ -654,7 +662,8 @@ def video_job(params: Params, name: str, device: torch.device, weights: Sequence
         name=name,
         kind="video",
         rows=listed.rows,
-        carried_rejects=listed.rejects,
+        carried_rejects=listed.carried,
+        listing_rejects=listed.rejects,
         dataset=dataset,
         settings=_settings(params, "video", device, weights, {"normalize_audio": ds.normalize_audio}),
         out_dir=Path(params.extract.out_dir) / name,
@@ -680,6 +689,7 @@ def run_job(job: ExtractJob, make_encoders: Callable[[], Encoders], ctx: DistCon
         ctx,
         out_dir=job.out_dir,
         carried_rejects=job.carried_rejects,
+        listing_rejects=job.listing_rejects,
         info=job.info,
         progress=progress,
     )
@@ -701,21 +711,11 @@ def result_metrics(result: ExtractResult) -> dict[str, float]:
     }
 
 
-_REJECTS_LOGGED = 50  # one line each; the rest are counted (rejects.tsv has them all)
-
-
 def log_rejects(logger: logging.Logger, result: ExtractResult) -> None:
-    """Log the first rejects one per line, then counts per kind of reason."""
-    for rid, reason in result.rejects[:_REJECTS_LOGGED]:
-        logger.warning("rejected %s: %s", rid, reason)
-    if len(result.rejects) > _REJECTS_LOGGED:
-        logger.warning("... and %d more rejects (all in rejects.tsv)", len(result.rejects) - _REJECTS_LOGGED)
-    kinds: dict[str, int] = {}
-    for _, reason in result.rejects:
-        kind = re.split(r"[(:'\d]", reason, maxsplit=1)[0].strip()  # the reason without its particulars
-        kinds[kind] = kinds.get(kind, 0) + 1
-    for kind, n in sorted(kinds.items(), key=lambda kv: -kv[1]):
-        logger.info("rejects: %6d  %s", n, kind)
+    """The first rejects one per line, then counts per kind of reason (rejects.tsv has them all)."""
+    log_reject_summary(logger, result.rejects)
+    if result.clips == 0 and result.rejects:
+        logger.error("every row was rejected (%d; reasons above): the feature set is empty", len(result.rejects))
 
 
 # -- encoders ---------------------------------------------------------------------------------------

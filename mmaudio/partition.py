@@ -1,6 +1,9 @@
 """Clip partitioning of audio-only files (upstream training/partition_clips.py, as a library).
 
-A file shorter than ``min_duration_sec`` is skipped into the rejects manifest. A longer one gives
+A file shorter than ``min_duration_sec`` is skipped into the rejects manifest, and so is a file whose
+name is not valid UTF-8 (its id could not be written to a TSV; the manifest names it with the
+undecodable bytes as ``\\xNN``). Suffixes match in any case (``NAME.WAV``), as extraction resolves them.
+Files are counted by streaming their audio, so an hour-long file costs constant memory. A longer one gives
 ``min(max_segments, length // segment)`` segments of ``segment_sec``, evenly spaced from the start
 to the end, as sample indices at the file's native rate; segment ``i`` has id ``{stem}_{i}``.
 
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmaudio.config import PartitionConfig
-from mmaudio.media import MediaError, decode_audio, exact_samples
+from mmaudio.media import MediaError, count_audio_samples, display_name, exact_samples
 from mmaudio.tables import TableError, check_id
 
 AUDIO_SUFFIXES = (".flac", ".wav")
@@ -59,6 +62,9 @@ def partition_folder(audio_dir: str | os.PathLike, cfg: PartitionConfig) -> Part
     used = 0
     for path in files:
         stem = path.stem
+        if display_name(path.name) != path.name:
+            rejects.append((display_name(path.name), "file name is not valid UTF-8"))
+            continue
         if path.suffix.lower() not in AUDIO_SUFFIXES:
             rejects.append((path.name, f"not a {'/'.join(AUDIO_SUFFIXES)} file"))
             continue
@@ -72,13 +78,13 @@ def partition_folder(audio_dir: str | os.PathLike, cfg: PartitionConfig) -> Part
             continue
         seen_stems[stem] = path.name
         try:
-            track = decode_audio(path)
+            num_samples, sample_rate = count_audio_samples(path)
         except MediaError as e:
             rejects.append((stem, e.reason))
             continue
-        segments = partition_samples(track.num_samples, track.sample_rate, cfg)
+        segments = partition_samples(num_samples, sample_rate, cfg)
         if not segments:
-            rejects.append((stem, f"shorter than {cfg.min_duration_sec:g} s ({track.duration_sec:.3f} s)"))
+            rejects.append((stem, f"shorter than {cfg.min_duration_sec:g} s ({num_samples / sample_rate:.3f} s)"))
             continue
         used += 1
         for i, s in enumerate(segments):

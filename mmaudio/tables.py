@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -118,3 +120,21 @@ REJECT_COLUMNS = ("id", "reason")
 def write_rejects(path: str | os.PathLike, rejects: Sequence[tuple[str, str]]) -> Path:
     """The rejects manifest every skipping stage writes next to its outs: ``id, reason``."""
     return write_tsv(path, REJECT_COLUMNS, [{"id": i, "reason": r} for i, r in rejects])
+
+
+REJECTS_LOGGED = 50  # rejects logged one line each; the rest are counted by kind (the manifest has all)
+
+
+def log_reject_summary(logger: logging.Logger, rejects: Sequence[tuple[str, str]]) -> None:
+    """Log the first rejects one per line, then how many there are of each kind of reason, so a list
+    of 15,000 missing files gives a few lines, not 15,000."""
+    for rid, reason in rejects[:REJECTS_LOGGED]:
+        logger.warning("rejected %s: %s", rid, reason)
+    if len(rejects) > REJECTS_LOGGED:
+        logger.warning("... and %d more rejects (all in the rejects manifest)", len(rejects) - REJECTS_LOGGED)
+    kinds: dict[str, int] = {}
+    for _, reason in rejects:
+        kind = re.split(r"[(:'\d]", reason, maxsplit=1)[0].strip()  # the reason without its particulars
+        kinds[kind] = kinds.get(kind, 0) + 1
+    for kind, n in sorted(kinds.items(), key=lambda kv: -kv[1]):
+        logger.info("rejects: %6d  %s", n, kind)

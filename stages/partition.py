@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mmaudio.cli import parse_stage_args, setup_logging
 from mmaudio.config import ConfigError
 from mmaudio.partition import CLIP_COLUMNS, partition_folder
-from mmaudio.tables import write_rejects, write_tsv
+from mmaudio.tables import log_reject_summary, write_rejects, write_tsv
 from mmaudio.tracking import StageRun
 
 log = logging.getLogger("partition")
@@ -32,8 +32,7 @@ def main(argv=None) -> None:
         result = partition_folder(ds.media_dir, params.partition)
         write_tsv(ds.clips_tsv, CLIP_COLUMNS, result.clips)
         write_rejects(ds.rejects_tsv, result.rejects)
-        for rid, reason in result.rejects:
-            log.warning("rejected %s: %s", rid, reason)
+        log_reject_summary(log, result.rejects)
         log.info(
             "%s: %d files, %d used, %d clips, %d rejected -> %s",
             args.dataset, result.files_seen, result.files_used, len(result.clips), len(result.rejects), ds.clips_tsv,

@@ -482,7 +482,8 @@ def test_audio_rejects_silent_files_short_clips_and_uncaptioned_files(project, t
     ds_cfg = AudioDatasetConfig(str(media), str(tmp_path / "captions.tsv"), str(tmp_path / "clips.tsv"), str(tmp_path / "rejects.tsv"))
     listed = audio_rows(ds_cfg)
     assert [r.id for r in listed.rows] == ["quiet_0"]
-    assert listed.rejects == [("old", "from the partition stage"), ("nocap_0", f"no caption for file 'nocap' in {tmp_path / 'captions.tsv'}")]
+    assert listed.carried == [("old", "from the partition stage")]  # the earlier stage's, counted as carried
+    assert listed.rejects == [("nocap_0", f"no caption for file 'nocap' in {tmp_path / 'captions.tsv'}")]  # this stage's
     ds = AudioClipDataset(listed.rows, sample_rate=16000, num_samples=128000)
     assert ds[0] == Rejected(0, "quiet_0", "silent audio (peak 0 <= 1e-06)")
 

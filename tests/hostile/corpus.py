@@ -283,7 +283,7 @@ def _(tmp, good):
     if observed.kind == "raised":
         return observed
     rows = audio_rows(ds)
-    return Outcome("accepted", "audio_rows", f"{len(rows.rows)} clip(s) to extract; carried rejects {[r for r, _ in rows.rejects]}")
+    return Outcome("accepted", "audio_rows", f"{len(rows.rows)} clip(s) to extract; carried rejects {[r for r, _ in rows.carried]}")
 
 
 @case("file name with a backslash", "media", "rejected", "a\\b.wav",
