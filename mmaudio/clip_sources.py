@@ -29,9 +29,9 @@ from torch.utils.data import Dataset
 
 from mmaudio.config import AudioDatasetConfig, VideoDatasetConfig
 from mmaudio.media import CLIP_FRAMES, SYNC_FRAMES, MediaError, decode_audio_segments, load_video_clip, resample
-from mmaudio.media_index import MediaFolder
+from mmaudio.media_index import VIDEO_SUFFIXES, MediaFolder
 from mmaudio.partition import AUDIO_SUFFIXES, CLIP_COLUMNS
-from mmaudio.tables import REJECT_COLUMNS, TableError, read_tsv
+from mmaudio.tables import REJECT_COLUMNS, TableError, nonnegative_int, plain_file_name, read_tsv
 
 PEAK_LEVEL = 0.95  # upstream scales each file so that max |x| is this
 SILENCE_PEAK = 1e-6  # a file whose peak is at or below this is silent and rejected
@@ -74,7 +74,8 @@ def audio_rows(ds: AudioDatasetConfig) -> RowList:
     captions = {r["id"]: r["caption"] for r in read_tsv(ds.captions_tsv, ("id", "caption"))}
     rejects: list[tuple[str, str]] = []
     rows: list[ClipRow] = []
-    for r in sorted(read_tsv(ds.clips_tsv, CLIP_COLUMNS), key=lambda r: r["id"]):
+    checks = {"name": plain_file_name, "start_sample": nonnegative_int, "end_sample": nonnegative_int}
+    for r in sorted(read_tsv(ds.clips_tsv, CLIP_COLUMNS, checks=checks), key=lambda r: r["id"]):
         name = r["name"]
         if name not in captions:
             rejects.append((r["id"], f"no caption for file {name!r} in {ds.captions_tsv}"))
@@ -86,6 +87,8 @@ def audio_rows(ds: AudioDatasetConfig) -> RowList:
             continue
         start = _int_field(r, "start_sample", str(ds.clips_tsv))
         end = _int_field(r, "end_sample", str(ds.clips_tsv))
+        if end <= start:
+            raise TableError(f"{ds.clips_tsv}: id {r['id']!r}: end_sample {end} is not after start_sample {start}")
         rows.append(ClipRow(r["id"], captions[name], str(path), start, end))
     return RowList(rows, rejects, _carried_rejects(ds.rejects_tsv))
 
@@ -93,7 +96,15 @@ def audio_rows(ds: AudioDatasetConfig) -> RowList:
 def video_rows(ds: VideoDatasetConfig) -> RowList:
     """The usable rows of a video dataset's index, with the index stage's rejects carried forward."""
     media_dir = Path(ds.media_dir)
-    index = read_tsv(ds.index_tsv, ("id", "label", "file"))
+    # The index is generated, but read back it is an input like any other: its file column is joined
+    # to the media folder, so it must name a file of that folder, and the one its id names.
+    index = read_tsv(ds.index_tsv, ("id", "label", "file"), checks={"file": plain_file_name})
+    for r in index:
+        file = Path(r["file"])
+        if file.stem != r["id"] or file.suffix.lower() not in VIDEO_SUFFIXES:
+            raise TableError(
+                f"{ds.index_tsv}: id {r['id']!r}: file {r['file']!r} is not {r['id']!r} with one of {', '.join(VIDEO_SUFFIXES)}"
+            )
     rows = [ClipRow(r["id"], r["label"], str(media_dir / r["file"])) for r in sorted(index, key=lambda r: r["id"])]
     return RowList(rows, [], _carried_rejects(ds.rejects_tsv))
 

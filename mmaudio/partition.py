@@ -20,7 +20,7 @@ from pathlib import Path
 
 from mmaudio.config import PartitionConfig
 from mmaudio.media import MediaError, count_audio_samples, display_name, exact_samples
-from mmaudio.tables import TableError, check_id
+from mmaudio.tables import TableError, check_id, lookalike_key
 
 AUDIO_SUFFIXES = (".flac", ".wav")
 CLIP_COLUMNS = ("id", "name", "start_sample", "end_sample")
@@ -73,10 +73,13 @@ def partition_folder(audio_dir: str | os.PathLike, cfg: PartitionConfig) -> Part
         except TableError as e:
             rejects.append((path.name, str(e)))
             continue
-        if stem in seen_stems:
-            rejects.append((path.name, f"duplicate id {stem!r}: {seen_stems[stem]} has the same stem"))
+        key = lookalike_key(stem)
+        if key in seen_stems:
+            other = seen_stems[key]
+            same = "the same stem" if Path(other).stem == stem else "a stem that looks the same (Unicode NFKC)"
+            rejects.append((path.name, f"duplicate id {stem!r}: {other} has {same}"))
             continue
-        seen_stems[stem] = path.name
+        seen_stems[key] = path.name
         try:
             num_samples, sample_rate = count_audio_samples(path)
         except MediaError as e:

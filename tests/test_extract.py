@@ -617,3 +617,18 @@ def test_killed_stage_resumes_to_the_uninterrupted_result(project, many_referenc
     assert runs[0].info.status == "FINISHED" and runs[0].data.metrics["shards_resumed"] == done
     rerun_ids = sorted(r["id"] for r in read_tsv(project / "data/many.tsv", CLIP_COLUMNS))[2 * done :]
     assert runs[0].data.metrics["clips_encoded"] == len(rerun_ids) - ("clicks_000_m20" in rerun_ids)  # the too-short one
+
+
+def test_extract_out_dir_on_the_media_folder_is_refused_before_any_work(project, examples_dir, monkeypatch):
+    """Issue 16 item 3: extract.out_dir=<examples> put the 'audio' set on <examples>/audio, the media
+    folder it reads, and the rename into place deleted the source audio."""
+    from mmaudio.extraction import run_extract_stage
+    from mmaudio.paths import OutputPathError
+
+    monkeypatch.chdir(project)
+    before = sorted(p.name for p in (examples_dir / "audio").iterdir())
+    with pytest.raises(OutputPathError, match=rf"key 'extract.out_dir' = '{examples_dir / 'audio'}' is input "
+                                              r"'audio_datasets\.audio\.media_dir' \(.*\); refusing to write over it"):
+        run_extract_stage("audio", "doc", ["--dataset", "audio", f"extract.out_dir={examples_dir}"])
+    assert sorted(p.name for p in (examples_dir / "audio").iterdir()) == before
+    assert not (examples_dir / "audio.work").exists()
