@@ -194,6 +194,9 @@ class Params:
 
 
 PROFILES = choice_values(Profile)
+# Seeds are drawn into derived seeds (per rank, per row, per file) by multiplication; 32 bits keep
+# every derived seed inside the 64 bits torch and numpy accept.
+MAX_SEED = 2**32 - 1
 
 
 def find_repo_root(start: str | os.PathLike | None = None) -> Path:
@@ -219,6 +222,7 @@ def load_params(overrides: Sequence[str] = (), root: str | os.PathLike | None = 
     if not path.is_file():
         raise ConfigError(f"{path} does not exist")
     try:
+        _refuse_alias_bombs(path)
         with initialize_config_dir(config_dir=str(root), version_base=None):
             raw = compose(config_name=Path(PARAMS_FILE).stem, overrides=list(overrides))
     except HydraException as e:
@@ -232,6 +236,58 @@ def load_params(overrides: Sequence[str] = (), root: str | os.PathLike | None = 
     except RecursionError as e:  # an alias that contains itself (a: &a [*a])
         raise ConfigError(f"{path}: a YAML alias refers to itself") from e
     return validate(raw, source=str(path))
+
+
+MAX_YAML_NODES = 100_000  # params.yaml has a few hundred; an alias bomb expands to billions
+MAX_YAML_DEPTH = 64  # params.yaml nests 4 deep; far deeper would exhaust Python's stack in OmegaConf
+
+
+def _refuse_alias_bombs(path: Path) -> None:
+    """Count the nodes ``path`` would expand to, following aliases, without expanding them.
+
+    YAML aliases share one node, so nested aliases ("billion laughs") grow the loaded tree
+    exponentially while the file stays small; OmegaConf would copy every branch and exhaust memory.
+    """
+    try:
+        root = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except RecursionError as e:
+        raise ConfigError(f"{path}: its YAML nests deeper than {MAX_YAML_DEPTH} levels; refused") from e
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in open_nodes:
+            raise ConfigError(f"{path}: a YAML alias refers to itself")
+        open_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            n = 1 + sum(size(k) + size(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            n = 1 + sum(size(v) for v in node.value)
+        else:
+            n = 1
+        open_nodes.discard(id(node))
+        sizes[id(node)] = n
+        return n
+
+    def depth(node: yaml.Node, level: int) -> None:
+        if level > MAX_YAML_DEPTH:
+            raise ConfigError(f"{path}: its YAML nests deeper than {MAX_YAML_DEPTH} levels; refused")
+        if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and id(node) not in seen:
+            seen.add(id(node))
+            for child in (c for pair in node.value for c in pair) if isinstance(node, yaml.MappingNode) else node.value:
+                depth(child, level + 1)
+
+    seen: set[int] = set()
+    if root is not None:
+        depth(root, 1)
+    total = size(root) if root is not None else 0
+    if total > MAX_YAML_NODES:
+        raise ConfigError(
+            f"{path}: its YAML aliases expand to {total} values (at most {MAX_YAML_NODES} are read); "
+            "refused before expanding them"
+        )
 
 
 def _yaml_reason(e: yaml.YAMLError) -> str:
@@ -268,7 +324,10 @@ def _check_values(p: Params, source: str) -> None:
         raise ConfigError(f"{source}: key 'partition.max_segments' must be >= 1, got {p.partition.max_segments}")
     if p.partition.segment_sec <= 0:
         raise ConfigError(f"{source}: key 'partition.segment_sec' must be > 0, got {p.partition.segment_sec}")
+    for key, seed in (("examples.seed", p.examples.seed), ("tiny_weights.seed", p.tiny_weights.seed)):
+        _check_range(source, key, seed, 0, MAX_SEED)
     _check_extract(p.extract, source)
+    _check_tracking(p.tracking, source)
     _check_train(p, source)
     _check_network_mode(p, source)
     _check_evaluate(p.evaluate, source)
@@ -326,8 +385,12 @@ def _check_train(p: Params, source: str) -> None:
         )
     if not 0.0 <= t.null_condition_probability <= 1.0:
         raise ConfigError(f"{source}: key 'train.null_condition_probability' must be in [0, 1], got {t.null_condition_probability}")
-    if t.learning_rate <= 0 or t.grad_clip <= 0 or t.logit_normal_scale <= 0:
-        raise ConfigError(f"{source}: keys 'train.learning_rate', 'train.grad_clip', 'train.logit_normal_scale' must be > 0")
+    for key in ("learning_rate", "grad_clip", "logit_normal_scale"):
+        _check_range(source, f"train.{key}", getattr(t, key), 0.0, math.inf, low_open=True)
+    # a negative decay pushes weights away from zero; gamma <= 0 would zero or negate the lr at a milestone
+    _check_range(source, "train.weight_decay", t.weight_decay, 0.0, 1.0)
+    _check_range(source, "train.gamma", t.gamma, 0.0, 1.0, low_open=True)
+    _check_range(source, "train.seed", t.seed, 0, MAX_SEED)
     if sorted(t.milestones) != list(t.milestones) or any(m < 1 for m in t.milestones):
         raise ConfigError(f"{source}: key 'train.milestones' must be increasing positive steps, got {list(t.milestones)}")
     for name, repeat in t.datasets.items():
@@ -370,6 +433,28 @@ def _check_evaluate(e: EvaluateConfig, source: str) -> None:
     for key, low in (("num_steps", 1), ("batch_size", 1), ("num_logged_samples", 0)):
         if getattr(e, key) < low:
             raise ConfigError(f"{source}: key 'evaluate.{key}' must be >= {low}, got {getattr(e, key)}")
+    _check_range(source, "evaluate.seed", e.seed, 0, MAX_SEED)
+    _check_range(source, "evaluate.cfg_strength", e.cfg_strength, 0.0, math.inf)
+
+
+def _check_range(source: str, key: str, value: float, low: float, high: float, *, low_open: bool = False) -> None:
+    """``value`` in [low, high] (or (low, high] with ``low_open``), else an error naming key, value and range."""
+    if (value <= low if low_open else value < low) or value > high:
+        shown = "inf)" if high == math.inf else ("2**32 - 1]" if high == MAX_SEED else f"{high:g}]")
+        raise ConfigError(f"{source}: key '{key}' must be in {'(' if low_open else '['}{low:g}, {shown}, got {value}")
+
+
+def _check_tracking(t: TrackingConfig, source: str) -> None:
+    from mmaudio.tracking import redact_credentials  # the one definition of what a secret in a URI looks like
+
+    # params.yaml is committed, copied into dvc.lock and experiment commits and logged to MLflow: a
+    # password there is a password in every clone; the environment keeps it on this machine
+    if t.uri and redact_credentials(t.uri) != t.uri:
+        raise ConfigError(
+            f"{source}: key 'tracking.uri' ({redact_credentials(t.uri)}) carries credentials; keep the URI plain "
+            "and put them in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN, "
+            "or the whole URI in MLFLOW_TRACKING_URI"
+        )
 
 
 def _describe(e: OmegaConfBaseException) -> str:

@@ -60,7 +60,8 @@ from mmaudio.features import FeatureSet
 from mmaudio.model.network import MMAudioNetwork
 from mmaudio.media import FrameSpec, load_video_clip
 from mmaudio.hashing import dvc_hash
-from mmaudio.tracking import StageRun, relpath
+from mmaudio.locks import exclusive_folder
+from mmaudio.tracking import RUN_ID_FILE, StageRun, relpath, run_id_for_weights
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +225,8 @@ def evaluate(
     """Sample ``evaluate.dataset`` with the trained (and untrained) network, score, write, log.
 
     ``weights`` defaults to ``<train.out_dir>/weights.pth`` and ``run_id`` to the id in
-    ``<train.out_dir>/mlflow_run_id.txt`` (a new run when that file is absent or empty). Returns the
+    ``<train.out_dir>/mlflow_run_id.txt`` (a new run when that file is absent or empty; an error when it
+    records other weights than ``weights``: see :func:`mmaudio.tracking.run_id_for_weights`). Returns the
     scores on rank 0 (an empty dict elsewhere).
     """
     cfg = params.evaluate
@@ -233,8 +235,8 @@ def evaluate(
     train_dir = Path(params.train.out_dir)
     weights = Path(weights) if weights is not None else train_dir / "weights.pth"
     if run_id is None:
-        id_file = train_dir / "mlflow_run_id.txt"
-        run_id = (id_file.read_text().strip() or None) if id_file.is_file() else None
+        # only the training run that made these very weights: a stale or copied file is an error
+        run_id = run_id_for_weights(train_dir / RUN_ID_FILE, weights)
     out_dir = Path(cfg.out_dir)
     features = FeatureSet.open(Path(params.extract.out_dir) / cfg.dataset, mode=params.extract.mode)
     options = sampling_options(params.evaluate)
@@ -246,6 +248,8 @@ def evaluate(
     # by side in the MLflow UI. The training run also gets the scores, so training runs compare by
     # them; its params (write-once) stay those of training.
     with contextlib.ExitStack() as stack:
+        if ctx.rank == 0:  # one evaluation at a time writes evaluate.out_dir
+            stack.enter_context(exclusive_folder(out_dir, "evaluation run"))
         train_run = stack.enter_context(StageRun(STAGE, params, rank=ctx.rank, run_id=run_id)) if run_id else None
         run = stack.enter_context(StageRun(STAGE, params, rank=ctx.rank, inputs=inputs, parent_run_id=run_id))
         if train_run is not None:

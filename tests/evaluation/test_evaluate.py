@@ -19,6 +19,7 @@ from mmaudio.evaluation import evaluate as evaluate_mod
 from mmaudio.features import write_feature_set
 from mmaudio.media import decode_audio
 from mmaudio.model.network import NETWORK_PRESETS, build_network, save_network_weights
+from mmaudio.tracking import write_run_id_file
 from tests.evaluation.workspace import copy_tiny_decoders
 from tests.training.presets import MICRO
 
@@ -84,7 +85,7 @@ def test_evaluate_writes_scores_and_logs_into_existing_run(ws):
     exp = client.create_experiment("mmaudio")
     run_id = client.create_run(exp).info.run_id
     client.log_metric(run_id, "train.loss", 1.0)
-    (root / "train" / "mlflow_run_id.txt").write_text(run_id + "\n")
+    write_run_id_file(root / "train" / "mlflow_run_id.txt", run_id, root / "train" / "weights.pth")
 
     scores = evaluate_mod.evaluate(params)
 

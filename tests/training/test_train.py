@@ -81,7 +81,7 @@ def test_outputs_and_exported_weights(long_run, feature_root):
     assert lines[0] == "step\tloss\tval_loss" and len(lines) == 16
     assert lines[1].startswith("10\t") and lines[1].endswith("\t") and lines[5].count("\t") == 2
     assert float(lines[5].split("\t")[2]) == pytest.approx(r.history[4][2], rel=1e-5)  # step 50 has both
-    assert (out / "mlflow_run_id.txt").read_text().strip() == r.run_id
+    assert (out / "mlflow_run_id.txt").read_text().splitlines()[0] == r.run_id
 
 
 def test_mlflow_run_holds_config_hashes_tags_and_metrics(long_run, feature_root):
