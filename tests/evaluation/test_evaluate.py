@@ -134,7 +134,7 @@ def test_two_evaluations_of_one_training_keep_their_settings(ws):
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     exp = client.create_experiment("mmaudio")
     run_id = client.create_run(exp).info.run_id
-    (root / "train" / "mlflow_run_id.txt").write_text(run_id + "\n")
+    write_run_id_file(root / "train" / "mlflow_run_id.txt", run_id, root / "train" / "weights.pth")
     quick = {"crepe": False, "baseline": False, "num_logged_samples": 0}
     first = evaluate_mod.evaluate(dataclasses.replace(params, evaluate=dataclasses.replace(params.evaluate, **quick)))
     second = evaluate_mod.evaluate(

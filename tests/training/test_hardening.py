@@ -21,7 +21,8 @@ from mmaudio.locks import LOCK_NAME, FolderBusyError, exclusive_folder
 from mmaudio.training.checkpoint import CheckpointError, list_checkpoints, load_plain_file
 from mmaudio.training.ema import PowerEMA, list_snapshots, synthesize_ema
 from mmaudio.training.loader import TrainLoader, TrainSource
-from mmaudio.training.train import NonFiniteLossError, train
+from mmaudio.train_stage import train
+from mmaudio.training.train import NonFiniteLossError
 from tests.training.conftest import REPO, synthetic_rows, train_params, train_raw, write_synthetic_set
 
 DRIVER = Path(__file__).with_name("ddp_driver.py")
