@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from mmaudio.cli import parse_stage_args, setup_logging
 from mmaudio.examples import generate_examples
+from mmaudio.sync_examples import SyncSetSpec
 from mmaudio.tracking import StageRun
 
 log = logging.getLogger("make_examples")
@@ -22,7 +23,9 @@ def main(argv=None) -> None:
     setup_logging()
     _, params = parse_stage_args(__doc__, argv)
     with StageRun("make_examples", params) as run:
-        counts = generate_examples(params.examples.out_dir, seed=params.examples.seed)
+        cfg = params.examples
+        sync_set = SyncSetSpec(cfg.sync_clips.train, cfg.sync_clips.val, cfg.sync_clips.test, cfg.sync_frame_size)
+        counts = generate_examples(cfg.out_dir, seed=cfg.seed, sync_set=sync_set)
         log.info("wrote %d videos, %d audio files, %d events to %s", counts["videos"], counts["audios"], counts["events"], params.examples.out_dir)
         run.log_metrics({f"n_{k}": v for k, v in counts.items()})
         run.log_outputs([params.examples.out_dir])
