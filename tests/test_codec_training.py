@@ -147,3 +147,20 @@ def test_codec_audio_names_a_listed_video_without_file(examples_dir: Path, tmp_p
     next((copy / "video").glob("flash_003.*")).unlink()
     with pytest.raises(FileNotFoundError, match=r"video_test.tsv: no video file for ids \['flash_003'\]"):
         load_codec_audio(copy, 16_000, 128_000)
+
+
+def test_44k_codec_trains_and_is_written_in_the_bigvgan_v2_layout(examples_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "w"
+    vae = AudioVAE("tiny_44k")
+    vae.reset_parameters(torch.Generator().manual_seed(0))
+    save_vae(vae, folder / profiles.VAE_FILES["44k"])
+    save_vocoder(build_vocoder("tiny_44k", seed=1), folder / profiles.VOCODER_44K_DIR, layout="hf_dir")
+    before = (folder / profiles.VOCODER_44K_DIR / "bigvgan_generator.pt").read_bytes()
+    cfg = CodecConfig(modes=["44k"], vae_steps=2, vocoder_steps=2, vae_batch_size=1, vocoder_batch_size=1,
+                      vae_segment_frames=8, vocoder_segment_frames=8)
+    scores = train_tiny_codec(folder, examples_dir, cfg, seed=0, work_dir=tmp_path / "work")
+    assert (folder / profiles.VOCODER_44K_DIR / "bigvgan_generator.pt").read_bytes() != before
+    assert (folder / profiles.VOCODER_44K_DIR / "config.json").is_file()
+    load_vae(folder / "v1-44.pth", "tiny_44k")
+    assert load_vocoder(folder / profiles.VOCODER_44K_DIR, "tiny_44k").sampling_rate == 44_100
+    assert scores["44k/roundtrip_clips"] == 2.0 and scores["44k/vae_mel_l1"] > 0
