@@ -4,7 +4,8 @@ onsets follow the video is measured against the shuffled-video control.
 
 Slow tier (a cold `dvc repro`: about 10 minutes on 2 quiet cores). Measured values (bench/RESULTS.md,
 default params): codec round-trip onset F1 0.996; onset-vs-event F1 trained 0.192, untrained 0.0,
-shuffled video 0.192; proxy_fd_logmel 258 trained vs 402 untrained. The thresholds sit below them with
+shuffled video 0.192; proxy_fd_logmel 258 trained vs 402 untrained (after 2500 steps, outside the
+default: trained 0.494, shuffled 0.336). The thresholds sit below them with
 room for run-to-run variation across machines (CPU kernels differ in the last bits).
 """
 
