@@ -2,16 +2,19 @@
 
 Audio datasets: the partition stage's clip TSV (``id, name, start_sample, end_sample``) plus captions
 keyed by file stem. Video datasets: the index stage's TSV (usable rows with their file). Either gives
-a :class:`RowList`, sorted by id, with the rows earlier stages or this one could not use as rejects.
+a :class:`RowList`, sorted by id, with the rows earlier stages could not use (``carried``) and those
+this stage cannot list (``rejects``: no caption, no file), kept apart so each is counted where it arose.
 
 The datasets return a :class:`Decoded` clip or a :class:`Rejected` record for every row (never
 ``None``), so a DataLoader worker can decode while the main process encodes, and nothing is lost.
 Upstream semantics (MMAudio's WavTextClipsDataset and VGGSound datasets):
 
 - audio: mono, peak-normalised to 0.95 over the whole file (silent files rejected), cut at the native
-  rate, resampled, and the full clip length required;
-- video: the first 8 s at 8 fps / 384 px and 25 fps / 224 px, the audio track from its start;
-  peak-normalised (silent rejected) only for training lists (``normalize_audio``).
+  rate, resampled, and the full clip length required; a file is streamed once for all its clips, so
+  memory holds the clips, not the file;
+- video: the first 8 s at 8 fps / 384 px and 25 fps / 224 px (frames as libavfilter's ``fps`` filter
+  picks them, see :mod:`mmaudio.media`), the audio track on the same timeline; peak-normalised (silent
+  rejected) only for training lists (``normalize_audio``).
 """
 
 from __future__ import annotations
@@ -25,10 +28,10 @@ import torch
 from torch.utils.data import Dataset
 
 from mmaudio.config import AudioDatasetConfig, VideoDatasetConfig
-from mmaudio.media import CLIP_FRAMES, SYNC_FRAMES, MediaError, decode_audio, load_video_clip, resample
-from mmaudio.media_index import resolve_media
+from mmaudio.media import CLIP_FRAMES, SYNC_FRAMES, MediaError, decode_audio_segments, load_video_clip, resample
+from mmaudio.media_index import VIDEO_SUFFIXES, MediaFolder
 from mmaudio.partition import AUDIO_SUFFIXES, CLIP_COLUMNS
-from mmaudio.tables import REJECT_COLUMNS, TableError, read_tsv
+from mmaudio.tables import REJECT_COLUMNS, TableError, nonnegative_int, plain_file_name, read_tsv
 
 PEAK_LEVEL = 0.95  # upstream scales each file so that max |x| is this
 SILENCE_PEAK = 1e-6  # a file whose peak is at or below this is silent and rejected
@@ -48,7 +51,8 @@ class ClipRow:
 @dataclass
 class RowList:
     rows: list[ClipRow]  # sorted by id
-    rejects: list[tuple[str, str]] = field(default_factory=list)  # (id, reason), from earlier stages first
+    rejects: list[tuple[str, str]] = field(default_factory=list)  # (id, reason): rows this stage cannot list
+    carried: list[tuple[str, str]] = field(default_factory=list)  # (id, reason): the earlier stage's rejects
 
 
 def _carried_rejects(path: str | os.PathLike) -> list[tuple[str, str]]:
@@ -66,32 +70,43 @@ def _int_field(row: dict[str, str], column: str, source: str) -> int:
 
 def audio_rows(ds: AudioDatasetConfig) -> RowList:
     """The clips of an audio dataset with their captions; clips of uncaptioned files are rejects."""
-    media_dir = Path(ds.media_dir)
+    folder = MediaFolder(ds.media_dir, AUDIO_SUFFIXES)
     captions = {r["id"]: r["caption"] for r in read_tsv(ds.captions_tsv, ("id", "caption"))}
-    rejects = _carried_rejects(ds.rejects_tsv)
+    rejects: list[tuple[str, str]] = []
     rows: list[ClipRow] = []
-    for r in sorted(read_tsv(ds.clips_tsv, CLIP_COLUMNS), key=lambda r: r["id"]):
+    checks = {"name": plain_file_name, "start_sample": nonnegative_int, "end_sample": nonnegative_int}
+    for r in sorted(read_tsv(ds.clips_tsv, CLIP_COLUMNS, checks=checks), key=lambda r: r["id"]):
         name = r["name"]
         if name not in captions:
             rejects.append((r["id"], f"no caption for file {name!r} in {ds.captions_tsv}"))
             continue
         try:
-            path = resolve_media(media_dir, name, AUDIO_SUFFIXES)
+            path = folder.resolve(name)
         except (FileNotFoundError, ValueError) as e:
             rejects.append((r["id"], str(e)))
             continue
         start = _int_field(r, "start_sample", str(ds.clips_tsv))
         end = _int_field(r, "end_sample", str(ds.clips_tsv))
+        if end <= start:
+            raise TableError(f"{ds.clips_tsv}: id {r['id']!r}: end_sample {end} is not after start_sample {start}")
         rows.append(ClipRow(r["id"], captions[name], str(path), start, end))
-    return RowList(rows, rejects)
+    return RowList(rows, rejects, _carried_rejects(ds.rejects_tsv))
 
 
 def video_rows(ds: VideoDatasetConfig) -> RowList:
     """The usable rows of a video dataset's index, with the index stage's rejects carried forward."""
     media_dir = Path(ds.media_dir)
-    index = read_tsv(ds.index_tsv, ("id", "label", "file"))
+    # The index is generated, but read back it is an input like any other: its file column is joined
+    # to the media folder, so it must name a file of that folder, and the one its id names.
+    index = read_tsv(ds.index_tsv, ("id", "label", "file"), checks={"file": plain_file_name})
+    for r in index:
+        file = Path(r["file"])
+        if file.stem != r["id"] or file.suffix.lower() not in VIDEO_SUFFIXES:
+            raise TableError(
+                f"{ds.index_tsv}: id {r['id']!r}: file {r['file']!r} is not {r['id']!r} with one of {', '.join(VIDEO_SUFFIXES)}"
+            )
     rows = [ClipRow(r["id"], r["label"], str(media_dir / r["file"])) for r in sorted(index, key=lambda r: r["id"])]
-    return RowList(rows, _carried_rejects(ds.rejects_tsv))
+    return RowList(rows, [], _carried_rejects(ds.rejects_tsv))
 
 
 # -- decoded clips ---------------------------------------------------------------------------------
@@ -129,29 +144,36 @@ class AudioClipDataset(Dataset):
         self.rows = list(rows)
         self.sample_rate = sample_rate
         self.num_samples = num_samples
-        # Clips of one file are neighbours in the sorted list and land in the same batch; keeping the
-        # last decoded file avoids decoding it once per clip.
-        self._last: tuple[str, torch.Tensor, int, float] | None = None
+        # A file is streamed once for all of its clips (they are neighbours in the sorted list and land
+        # in the same batch), keeping only the clips and the file's peak.
+        self._clips_of: dict[str, list[int]] = {}
+        for i, r in enumerate(self.rows):
+            self._clips_of.setdefault(r.path, []).append(i)
+        self._last: tuple[str, int, float, dict[int, torch.Tensor]] | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def _mono(self, path: str) -> tuple[torch.Tensor, int, float]:
+    def _cut(self, i: int) -> tuple[torch.Tensor, int, float]:
+        """Row i's native-rate mono cut, the file's rate and its peak."""
+        path = self.rows[i].path
         if self._last is None or self._last[0] != path:
-            track = decode_audio(path)
-            mono = track.mono()  # (L,) at the native rate
-            self._last = (path, mono, track.sample_rate, float(mono.abs().max()))
-        return self._last[1:]
+            self._last = None  # a failed decode must not leave the previous file's clips behind
+            wanted = self._clips_of[path]
+            got = decode_audio_segments(path, [(self.rows[j].start_sample, self.rows[j].end_sample) for j in wanted])
+            self._last = (path, got.sample_rate, got.peak, dict(zip(wanted, got.segments)))
+        _, rate, peak, cuts = self._last
+        return cuts[i], rate, peak
 
     def __getitem__(self, i: int) -> Decoded | Rejected:
         row = self.rows[i]
         try:
-            mono, rate, peak = self._mono(row.path)
+            cut, rate, peak = self._cut(i)
         except MediaError as e:
             return Rejected(i, row.id, e.reason)
         if peak <= SILENCE_PEAK:
             return Rejected(i, row.id, _silent_reason(peak))
-        wave = mono[row.start_sample : row.end_sample] * (PEAK_LEVEL / peak)
+        wave = cut * (PEAK_LEVEL / peak)
         wave = resample(wave, rate, self.sample_rate)
         if wave.shape[0] < self.num_samples:
             return Rejected(

@@ -291,8 +291,7 @@ def _check_values(p: Params, source: str) -> None:
     if p.index.min_duration_sec <= 0:
         raise ConfigError(f"{source}: key 'index.min_duration_sec' must be > 0, got {p.index.min_duration_sec}")
     for name in [*p.audio_datasets, *p.video_datasets]:
-        if not name or "/" in name or name.startswith("."):
-            raise ConfigError(f"{source}: dataset name {name!r} must be a plain name")
+        _check_dataset_name(name, source)
     if p.partition.max_segments < 1:
         raise ConfigError(f"{source}: key 'partition.max_segments' must be >= 1, got {p.partition.max_segments}")
     if p.partition.segment_sec <= 0:
@@ -329,6 +328,18 @@ def _check_examples_and_codec(p: Params, source: str) -> None:
             raise ConfigError(f"{source}: key 'tiny_weights.codec.{key}' must be even, got {getattr(c, key)}")
     if c.learning_rate <= 0 or c.kl_weight < 0:
         raise ConfigError(f"{source}: keys 'tiny_weights.codec.learning_rate' must be > 0 and 'kl_weight' >= 0")
+
+
+def _check_dataset_name(name: str, source: str) -> None:
+    # a dataset name becomes a folder (<extract.out_dir>/<name>, <name>.work): the rules of file names
+    from mmaudio.tables import TableError, check_id
+
+    try:
+        check_id(name, what="dataset name")
+    except TableError as e:
+        raise ConfigError(f"{source}{e}") from e
+    if name.startswith("."):
+        raise ConfigError(f"{source}: dataset name {name!r} must not start with '.' (hidden, and the temp folders' prefix)")
 
 
 EXTRACT_CHOICES = {"mode": ("16k", "44k"), "storage_dtype": ("float32", "bfloat16"), "device": ("auto", "cpu", "cuda")}

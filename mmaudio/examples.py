@@ -17,7 +17,7 @@ with bit-exact flags so the bytes do not depend on the machine's core count.
 from __future__ import annotations
 
 import os
-import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -25,6 +25,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from mmaudio.config import Params
+from mmaudio.paths import clear_dir
 from mmaudio.sync_examples import SYNC_AUDIO_RATE, SYNC_CLIP_SEC, SYNC_FPS, SyncSetSpec, sync_clips
 from mmaudio.tables import write_tsv
 
@@ -363,6 +365,33 @@ def write_audio(path: Path, recipe: AudioRecipe, audio: np.ndarray) -> None:
 # The whole set
 
 
+EXAMPLE_MEDIA_DIRS = ("video", "audio")
+
+
+def owns_example_entry(entry: Path) -> bool:
+    """Whether an entry of an existing example folder is one the generator writes (its media
+    folders holding plain files, its TSVs), so replacing the folder loses nothing else."""
+    if entry.is_symlink():
+        return False
+    if entry.is_dir():
+        return entry.name in EXAMPLE_MEDIA_DIRS and all(f.is_file() and not f.is_symlink() for f in entry.iterdir())
+    return entry.suffix == ".tsv"
+
+
+def example_products(params: Params) -> Callable[[str, Path], bool]:
+    """For the path check of stage make_examples: whether a path some dataset reads is one that
+    generate_examples(examples.out_dir) writes (its media folders and TSVs), so not an input to protect."""
+    out = Path(os.path.abspath(params.examples.out_dir)).resolve()
+
+    def makes(_key: str, path: Path) -> bool:
+        if out not in path.parents:
+            return False
+        rel = path.relative_to(out)
+        return rel.parts[0] in EXAMPLE_MEDIA_DIRS or (len(rel.parts) == 1 and rel.suffix == ".tsv")
+
+    return makes
+
+
 def generate_examples(out_dir: str | os.PathLike, seed: int = 0, sync_set: SyncSetSpec | None = None) -> dict[str, int]:
     """Write videos, audio files and their TSVs under ``out_dir`` (replacing it). Returns counts.
 
@@ -375,9 +404,7 @@ def generate_examples(out_dir: str | os.PathLike, seed: int = 0, sync_set: SyncS
         video_{train,val,test}.tsv  (id, label)      audio_captions.tsv (id, caption)
         events.tsv                  (id, kind, time_sec): the ground-truth event times
     """
-    out = Path(out_dir)
-    if out.exists():
-        shutil.rmtree(out)
+    out = clear_dir(out_dir, owns=owns_example_entry, what=f"example set {os.fspath(out_dir)!r}")
     (out / "video").mkdir(parents=True)
     (out / "audio").mkdir(parents=True)
     events: list[dict[str, object]] = []

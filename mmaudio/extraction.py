@@ -7,7 +7,7 @@ settings, never on how many processes ran: the merged set is the same for 1 or G
 Every finished shard is written into a work folder next to the output, ``<out>.work/``, as
 ``shard-00012.pt`` (tensors) and then ``shard-00012.json`` (ids, texts, rejects, fingerprint). The
 json is written last, by rename, so its presence means the shard is whole. The fingerprint hashes the
-shard's rows (ids, texts, file paths, sizes and modification times), the settings that change
+shard's rows (ids, texts, file paths and the SHA-256 of each file's content), the settings that change
 numbers (mode, profile, weights, device type, batch size, storage dtype, normalisation) and the code
 that computes them, so a shard left by a different configuration is recomputed, never reused. A
 killed run started again skips finished shards. After a barrier rank 0 merges the shards in order
@@ -23,7 +23,7 @@ import math
 import os
 import queue
 import re
-import shutil
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -49,6 +49,8 @@ from mmaudio.clip_sources import (
 from mmaudio.config import ConfigError, Params, find_repo_root
 from mmaudio.distributed import DistContext, all_reduce_sum, barrier
 from mmaudio.features import STORAGE_DTYPES, FeatureSetWriter, feature_shapes
+from mmaudio.paths import clear_dir
+from mmaudio.tables import log_reject_summary
 from mmaudio.staging import put_unless_stopped, receive, send_async
 from mmaudio.weights import load_weight_file, save_weight_file
 
@@ -65,7 +67,7 @@ class AudioSpec:
 
 AUDIO_SPECS: dict[str, AudioSpec] = {"16k": AudioSpec(16_000, 128_000), "44k": AudioSpec(44_100, 353_280)}
 
-FINGERPRINT_VERSION = 1  # bump when the shard format or its meaning changes
+FINGERPRINT_VERSION = 2  # bump when the shard format or its meaning changes
 # Modules whose code decides the numbers in a shard; their sources enter the fingerprint.
 _CODE_FILES = ("media.py", "clip_sources.py", "extraction.py")
 _CODE_DIRS = ("encoders",)
@@ -114,22 +116,45 @@ def batches_of(shard: Shard, batch_size: int) -> list[list[int]]:
     return [list(range(i, min(i + batch_size, shard.end))) for i in range(shard.start, shard.end, batch_size)]
 
 
-def _stat(path: str) -> list[int]:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return [-1, -1]  # the decoder will reject it; a later appearance changes the fingerprint
-    return [st.st_size, st.st_mtime_ns]
+class ContentHashes:
+    """SHA-256 of file contents, the identity of every input in a fingerprint: a file replaced by
+    another of the same size with its time stamps restored (``cp -p``, ``rsync -a``) changes it.
+
+    Within one run a file is read once: the digest is kept per (path, device, inode, size, mtime,
+    ctime), so the clips of one file cost one read. The cache lives only as long as this object (one
+    extraction), never across runs. Reading is about 1 GB/s per thread; :meth:`prefetch` uses several.
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple, str] = {}
+
+    def __call__(self, path: str | os.PathLike) -> str:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return "missing"  # the decoder will reject it; a later appearance changes the fingerprint
+        if not stat.S_ISREG(st.st_mode):
+            return "not a regular file"  # reading a FIFO or a device would never end; the decoder rejects it
+        key = (os.fspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if key not in self._cache:
+            self._cache[key] = _sha256(Path(path))
+        return self._cache[key]
+
+    def prefetch(self, paths: Iterable[str | os.PathLike], threads: int = 4) -> None:
+        unique = sorted({os.fspath(p) for p in paths})
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="content-hash") as pool:
+            list(pool.map(self, unique))  # hashlib releases the GIL on large reads
 
 
-def paths_fingerprint(paths: Iterable[str | os.PathLike]) -> str:
-    """Names, sizes and modification times of files (folders recursively): cheap, and changes when
-    a file is replaced. Used for weights, whose contents can be gigabytes."""
+def paths_fingerprint(paths: Iterable[str | os.PathLike], hashes: ContentHashes | None = None) -> str:
+    """Names and content hashes of files (folders recursively). Used for weights: gigabytes are
+    read at every run (a few seconds), because a swapped file must never pass for the old one."""
+    hashes = hashes or ContentHashes()
     entries = []
     for p in paths:
         p = Path(p)
         files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-        entries += [[str(f), *_stat(str(f))] for f in files]
+        entries += [[str(f), hashes(f)] for f in files]
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
 
 
@@ -143,9 +168,10 @@ def code_fingerprint() -> str:
     return h.hexdigest()
 
 
-def shard_fingerprint(rows: Sequence[ClipRow], settings: Mapping[str, Any]) -> str:
-    """sha256 over the shard's rows (with file sizes and times) and the settings."""
-    described = [[r.id, r.text, r.path, r.start_sample, r.end_sample, *_stat(r.path)] for r in rows]
+def shard_fingerprint(rows: Sequence[ClipRow], settings: Mapping[str, Any], hashes: ContentHashes | None = None) -> str:
+    """sha256 over the shard's rows (with the content hash of each file) and the settings."""
+    hashes = hashes or ContentHashes()
+    described = [[r.id, r.text, r.path, r.start_sample, r.end_sample, hashes(r.path)] for r in rows]
     blob = json.dumps({"v": FINGERPRINT_VERSION, "settings": settings, "rows": described}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -168,6 +194,14 @@ class ShardManifest:
         d = json.loads(text)
         d["rejects"] = [tuple(r) for r in d["rejects"]]
         return cls(**d)
+
+
+_WORK_ENTRY = re.compile(r"\.?shard-\d{5}\.(pt|json)(\..*\.tmp|\.tmp)?")
+
+
+def owns_work_entry(entry: Path) -> bool:
+    """Whether an entry of a work folder is a shard file (or its temp file) that extraction writes."""
+    return _WORK_ENTRY.fullmatch(entry.name) is not None and entry.is_file() and not entry.is_symlink()
 
 
 def _sha256(path: Path) -> str:
@@ -440,6 +474,7 @@ def extract_features(
     *,
     out_dir: str | os.PathLike,
     carried_rejects: Sequence[tuple[str, str]] = (),
+    listing_rejects: Sequence[tuple[str, str]] = (),
     info: Mapping[str, object] | None = None,
     progress: bool = True,
 ) -> ExtractResult | None:
@@ -452,8 +487,11 @@ def extract_features(
     storage = STORAGE_DTYPES[settings.storage_dtype]
     store = ShardStore(work_dir_for(out_dir))
     shards = plan_shards(len(rows), settings.shard_size)
-    fingerprints = {s.index: shard_fingerprint(rows[s.start : s.end], settings.fingerprint_settings) for s in shards}
     mine = shards_of_rank(shards, ctx.rank, ctx.world_size)
+    needed = shards if ctx.is_main else mine  # rank 0 checks every shard again before the merge
+    hashes = ContentHashes()
+    hashes.prefetch(r.path for s in needed for r in rows[s.start : s.end])
+    fingerprints = {s.index: shard_fingerprint(rows[s.start : s.end], settings.fingerprint_settings, hashes) for s in needed}
     todo = [s for s in mine if store.manifest(s, fingerprints[s.index]) is None]
     resumed = len(mine) - len(todo)
     if resumed:
@@ -518,13 +556,14 @@ def extract_features(
     if not ctx.is_main:
         return None
     result = merge_shards(
-        store, shards, fingerprints, settings, out_dir=out_dir, carried_rejects=carried_rejects, info=info
+        store, shards, fingerprints, settings, out_dir=out_dir, carried_rejects=carried_rejects,
+        listing_rejects=listing_rejects, info=info,
     )
     result.shards_resumed = int(resumed_all)
     result.clips_encoded = int(encoded_all)
     result.clips_per_sec = rate_all
     result.seconds = seconds
-    shutil.rmtree(store.dir)
+    clear_dir(store.dir, owns=owns_work_entry, what=f"extraction work folder {store.dir}")
     return result
 
 
@@ -536,9 +575,12 @@ def merge_shards(
     *,
     out_dir: str | os.PathLike,
     carried_rejects: Sequence[tuple[str, str]] = (),
+    listing_rejects: Sequence[tuple[str, str]] = (),
     info: Mapping[str, object] | None = None,
 ) -> ExtractResult:
-    """Concatenate finished shards in order into the feature set at ``out_dir``."""
+    """Concatenate finished shards in order into the feature set at ``out_dir``. Rejects are written
+    carried (earlier stages) first, then this stage's: rows it could not list, then rows it could not
+    decode; ``new_rejects`` counts this stage's."""
     manifests = []
     for s in shards:
         m = store.manifest(s, fingerprints[s.index])
@@ -547,7 +589,7 @@ def merge_shards(
         manifests.append(m)
     ids = [i for m in manifests for i in m.ids]
     texts = [t for m in manifests for t in m.texts]
-    new_rejects = [r for m in manifests for r in m.rejects]
+    new_rejects = [*listing_rejects, *(r for m in manifests for r in m.rejects)]
     rejects = [*carried_rejects, *new_rejects]
     with FeatureSetWriter(
         out_dir, mode=settings.mode, kind=settings.kind, num_rows=len(ids), storage_dtype=settings.storage_dtype, info=info
@@ -579,7 +621,8 @@ class ExtractJob:
     name: str
     kind: str
     rows: list[ClipRow]
-    carried_rejects: list[tuple[str, str]]  # from earlier stages and unusable rows
+    carried_rejects: list[tuple[str, str]]  # from earlier stages' rejects manifests
+    listing_rejects: list[tuple[str, str]]  # rows this stage cannot list (no caption, no file)
     dataset: Dataset
     settings: ExtractSettings
     out_dir: Path
@@ -627,7 +670,8 @@ def audio_job(params: Params, name: str, device: torch.device, weights: Sequence
         name=name,
         kind="audio",
         rows=listed.rows,
-        carried_rejects=listed.rejects,
+        carried_rejects=listed.carried,
+        listing_rejects=listed.rejects,
         dataset=AudioClipDataset(listed.rows, sample_rate=spec.sample_rate, num_samples=spec.num_samples),
         settings=_settings(params, "audio", device, weights, {"normalize_audio": True}),
         out_dir=Path(params.extract.out_dir) / name,
@@ -654,7 +698,8 @@ def video_job(params: Params, name: str, device: torch.device, weights: Sequence
         name=name,
         kind="video",
         rows=listed.rows,
-        carried_rejects=listed.rejects,
+        carried_rejects=listed.carried,
+        listing_rejects=listed.rejects,
         dataset=dataset,
         settings=_settings(params, "video", device, weights, {"normalize_audio": ds.normalize_audio}),
         out_dir=Path(params.extract.out_dir) / name,
@@ -680,6 +725,7 @@ def run_job(job: ExtractJob, make_encoders: Callable[[], Encoders], ctx: DistCon
         ctx,
         out_dir=job.out_dir,
         carried_rejects=job.carried_rejects,
+        listing_rejects=job.listing_rejects,
         info=job.info,
         progress=progress,
     )
@@ -701,21 +747,11 @@ def result_metrics(result: ExtractResult) -> dict[str, float]:
     }
 
 
-_REJECTS_LOGGED = 50  # one line each; the rest are counted (rejects.tsv has them all)
-
-
 def log_rejects(logger: logging.Logger, result: ExtractResult) -> None:
-    """Log the first rejects one per line, then counts per kind of reason."""
-    for rid, reason in result.rejects[:_REJECTS_LOGGED]:
-        logger.warning("rejected %s: %s", rid, reason)
-    if len(result.rejects) > _REJECTS_LOGGED:
-        logger.warning("... and %d more rejects (all in rejects.tsv)", len(result.rejects) - _REJECTS_LOGGED)
-    kinds: dict[str, int] = {}
-    for _, reason in result.rejects:
-        kind = re.split(r"[(:'\d]", reason, maxsplit=1)[0].strip()  # the reason without its particulars
-        kinds[kind] = kinds.get(kind, 0) + 1
-    for kind, n in sorted(kinds.items(), key=lambda kv: -kv[1]):
-        logger.info("rejects: %6d  %s", n, kind)
+    """The first rejects one per line, then counts per kind of reason (rejects.tsv has them all)."""
+    log_reject_summary(logger, result.rejects)
+    if result.clips == 0 and result.rejects:
+        logger.error("every row was rejected (%d; reasons above): the feature set is empty", len(result.rejects))
 
 
 # -- encoders ---------------------------------------------------------------------------------------
@@ -750,6 +786,30 @@ def encoder_factory(params: Params, kind: str, device: torch.device) -> Callable
     return make
 
 
+_DATASET_PATH_KEYS = {"audio": ("media_dir", "captions_tsv", "clips_tsv", "rejects_tsv"),
+                      "video": ("media_dir", "list_tsv", "index_tsv", "rejects_tsv")}
+
+
+def check_extract_paths(params: Params, job: ExtractJob, weights: Sequence[str | os.PathLike]) -> None:
+    """Refuse an extract.out_dir whose feature set (or its work folder) would land on an input, the
+    repository or the weights, before any decoding; and refuse to start unless the set fits on disk."""
+    from mmaudio.features import feature_set_bytes
+    from mmaudio.paths import check_free_space, check_stage_paths
+
+    section = f"{job.kind}_datasets"
+    ds = getattr(params, section)[job.name]
+    reads = {f"{section}.{job.name}.{f}": getattr(ds, f) for f in _DATASET_PATH_KEYS[job.kind]}
+    reads |= {f"the {params.profile} weights' {Path(w).name}": w for w in weights}
+    key = "extract.out_dir"
+    check_stage_paths(params, {key: job.out_dir}, reads=reads)
+    check_stage_paths(params, {key: work_dir_for(job.out_dir)}, reads=reads)
+    # the shards and the merged set are on disk together until the merge ends; finished shards count
+    work = work_dir_for(job.out_dir)
+    done = sum(f.stat().st_size for f in work.glob("shard-*.pt")) if work.is_dir() else 0
+    need = 2 * feature_set_bytes(job.settings.mode, job.kind, len(job.rows), job.settings.storage_dtype) - done
+    check_free_space(job.out_dir.parent, need, f"extraction of {job.name} (shards in {work_dir_for(job.out_dir)} and the set)")
+
+
 def run_extract_stage(kind: str, doc: str, argv: Sequence[str] | None = None) -> None:
     """The whole of stages/extract_{audio,video}.py: parse, extract on this rank, log on rank 0."""
     from mmaudio.cli import parse_stage_args, setup_logging
@@ -765,6 +825,7 @@ def run_extract_stage(kind: str, doc: str, argv: Sequence[str] | None = None) ->
     try:
         weights = encoder_weight_paths(params, kind)
         job = make_job(params, args.dataset, ctx.device, weights)
+        check_extract_paths(params, job, weights)
         stage_log.info("%s: %d rows, %d carried rejects, %d process(es) on %s",
                        args.dataset, len(job.rows), len(job.carried_rejects), ctx.world_size, ctx.device)
         with StageRun(f"extract_{kind}@{args.dataset}", params, inputs=[*job.inputs, *weights], rank=ctx.rank) as run:

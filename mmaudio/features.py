@@ -15,7 +15,9 @@ bfloat16; readers get float32 unless they ask otherwise.
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -25,6 +27,7 @@ from typing import Literal
 
 import torch
 
+from mmaudio.paths import NoSpaceError, check_free_space, check_replaceable, remove_stale_siblings, replace_dir
 from mmaudio.tables import TableError, read_tsv, write_rejects, write_tsv
 
 Mode = Literal["16k", "44k"]
@@ -111,18 +114,29 @@ class FeatureSetWriter:
         self.info = dict(info or {})
         self.shapes = feature_shapes(mode, kind)
         self.filled = 0
+        check_replaceable(self.out, owns=owns_feature_set_entry, what=f"feature set {self.out}")
         self.tmp = self.out.with_name(f".{self.out.name}.tmp-{os.getpid()}")
+        remove_stale_siblings(self.out, ("tmp", "old"))
         if self.tmp.exists():
             shutil.rmtree(self.tmp)
-        self.tmp.mkdir(parents=True)
         dtype = STORAGE_DTYPES[storage_dtype]
-        # An expanded one-row template has the full shape but no memory behind it; memmap_like only
-        # reads shapes and dtypes, so the files are allocated (sparse) without a copy in RAM.
-        template = TensorDict(
-            {k: torch.zeros((1, *shape), dtype=dtype).expand(self.num_rows, *shape) for k, shape in self.shapes.items()},
-            batch_size=[self.num_rows],
-        )
-        self.td = template.memmap_like(prefix=self.tmp / TD_DIR)
+        check_free_space(self.out.parent, feature_set_bytes(mode, kind, self.num_rows, storage_dtype), f"feature set {self.out}")
+        self.tmp.mkdir(parents=True)
+        try:
+            # An expanded one-row template has the full shape but no memory behind it; memmap_like only
+            # reads shapes and dtypes, so the files are allocated (sparse) without a copy in RAM.
+            template = TensorDict(
+                {k: torch.zeros((1, *shape), dtype=dtype).expand(self.num_rows, *shape) for k, shape in self.shapes.items()},
+                batch_size=[self.num_rows],
+            )
+            self.td = template.memmap_like(prefix=self.tmp / TD_DIR)
+            # A write into a sparse memory map that finds the disk full kills the process with SIGBUS
+            # (no exception, no cleanup); reserving the blocks now turns that into ENOSPC here.
+            for k in self.shapes if self.num_rows else ():  # an empty set has no files to reserve
+                _reserve(self.tmp / TD_DIR / f"{k}.memmap", self.out)
+        except BaseException:
+            self.abort()
+            raise
 
     def __enter__(self) -> "FeatureSetWriter":
         return self
@@ -159,7 +173,7 @@ class FeatureSetWriter:
         write_rejects(self.tmp / REJECTS_TSV, rejects)
         meta = {"mode": self.mode, "kind": self.kind, "storage_dtype": self.storage_dtype, "rows": self.num_rows, **self.info}
         (self.tmp / INFO_JSON).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
-        replace_dir(self.tmp, self.out)
+        replace_dir(self.tmp, self.out, owns=owns_feature_set_entry, what=f"feature set {self.out}")
         return self.out
 
     def abort(self) -> None:
@@ -169,16 +183,95 @@ class FeatureSetWriter:
             shutil.rmtree(self.tmp)
 
 
-def replace_dir(src: Path, dst: Path) -> None:
-    """Move ``src`` to ``dst``, replacing an existing ``dst`` with at most a moment without either."""
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old)
-    else:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(src, dst)
+def owns_feature_set_entry(entry: Path) -> bool:
+    """Whether an entry of an existing folder is part of a feature set, so replacing the folder
+    with a new set loses nothing else."""
+    return entry.name in (TD_DIR, SAMPLES_TSV, REJECTS_TSV, INFO_JSON) and not entry.is_symlink()
+
+
+def feature_set_bytes(mode: str, kind: str, num_rows: int, storage_dtype: str = "float32") -> int:
+    """Bytes the memory maps of a set of ``num_rows`` rows take on disk (the TSVs are negligible)."""
+    itemsize = STORAGE_DTYPES[storage_dtype].itemsize
+    return num_rows * itemsize * sum(math.prod(shape) for shape in feature_shapes(mode, kind).values())
+
+
+def _reserve(path: Path, out: Path) -> None:
+    """Allocate every block of ``path`` (ENOSPC now instead of SIGBUS on a later write)."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        size = os.fstat(fd).st_size
+        if size:
+            os.posix_fallocate(fd, 0, size)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise NoSpaceError(errno.ENOSPC, f"No space left on device: feature set {out} needs {size / 1e6:.1f} MB more for {path.name}", str(out)) from e
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system without fallocate: the free-space check stands
+            raise
+    finally:
+        os.close(fd)
+
+
+_META_FILE = "meta.json"
+_TD_META_KEYS = {"shape", "device", "_type", "_format_version", "_class"}
+_TD_CLASS = ("tensordict:TensorDict", "<class 'tensordict._td.TensorDict'>")
+_LEAF_KEYS = {"device", "shape", "dtype", "is_nested"}
+_DTYPE_NAMES = {str(d): d for d in STORAGE_DTYPES.values()}
+
+
+def _load_plain_memmap(path: Path, keys: set[str]):
+    """``path/td`` as a TensorDict of read-only MemoryMappedTensors, after checking that it holds
+    exactly one ``<key>.memmap`` per contract key of the size ``meta.json`` declares, and nothing else."""
+    from tensordict import MemoryMappedTensor, TensorDict
+
+    folder = path / TD_DIR
+
+    def bad(msg: str) -> FeatureSetError:
+        return FeatureSetError(f"{path}: cannot open the memmap in {TD_DIR}/ ({msg}); refused without loading it")
+
+    if folder.is_symlink() or not folder.is_dir():
+        raise bad(f"{folder} is not a folder")
+    expected = {_META_FILE, *(f"{k}.memmap" for k in keys)}
+    entries = {p.name: p for p in folder.iterdir()}
+    extra = sorted(n + ("/" if entries[n].is_dir() else "") for n in set(entries) - expected)
+    if extra:
+        raise bad(f"unexpected entries {extra}: a feature set holds only {sorted(expected)}, no pickled or nested data")
+    linked = sorted(n for n, p in entries.items() if p.is_symlink() or not p.is_file())
+    if linked:
+        raise bad(f"entries that are not regular files: {linked}")
+    try:
+        meta = json.loads(entries[_META_FILE].read_text()) if _META_FILE in entries else None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise bad(f"{_META_FILE} is not valid JSON: {e}") from e
+    if not isinstance(meta, dict):
+        raise bad(f"no {_META_FILE} object")
+    leaves = {k: v for k, v in meta.items() if k not in _TD_META_KEYS}
+    if set(leaves) != keys:
+        raise FeatureSetError(f"{path}: keys {sorted(leaves)} do not match the contract {sorted(keys)}")
+    if meta.get("_class", _TD_CLASS[0]) not in _TD_CLASS or meta.get("_type", _TD_CLASS[1]) not in _TD_CLASS:
+        raise bad(f"{_META_FILE} names class {meta.get('_class') or meta.get('_type')!r}, not a plain TensorDict")
+    batch = meta.get("shape")
+    if not (isinstance(batch, list) and len(batch) == 1 and isinstance(batch[0], int) and batch[0] >= 0):
+        raise bad(f"{_META_FILE}: batch shape {batch!r} is not [rows]")
+    tensors = {}
+    for k, leaf in sorted(leaves.items()):
+        if not isinstance(leaf, dict) or set(leaf) - _LEAF_KEYS or leaf.get("is_nested", False) or leaf.get("device", "cpu") != "cpu":
+            raise bad(f"key {k!r} is not a plain tensor: {leaf!r}")
+        shape, dtype = leaf.get("shape"), _DTYPE_NAMES.get(leaf.get("dtype"))
+        if dtype is None:
+            raise bad(f"key {k!r} has dtype {leaf.get('dtype')!r}, not one of {sorted(_DTYPE_NAMES)}")
+        if not (isinstance(shape, list) and shape and all(isinstance(d, int) and d >= 0 for d in shape) and shape[0] == batch[0]):
+            raise bad(f"key {k!r} has shape {shape!r}, not [{batch[0]}, ...]")
+        file = entries.get(f"{k}.memmap")
+        want = math.prod(shape) * dtype.itemsize
+        if file is None and want == 0:  # tensordict writes no file for an empty tensor
+            tensors[k] = torch.empty(shape, dtype=dtype)
+            continue
+        if file is None:
+            raise bad(f"no {k}.memmap for key {k!r}")
+        if file.stat().st_size != want:
+            raise bad(f"{file.name} holds {file.stat().st_size} bytes, its shape {shape} and dtype need {want}")
+        tensors[k] = MemoryMappedTensor.from_filename(file, dtype=dtype, shape=torch.Size(shape), mode="r")
+    return TensorDict(tensors, batch_size=batch)
 
 
 @dataclass
@@ -195,9 +288,13 @@ class FeatureSet:
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, mode: str | None = None, kind: str | None = None) -> "FeatureSet":
-        """Open ``path``; ``mode``/``kind``, when given, must match what the directory holds."""
-        from tensordict import TensorDict
+        """Open ``path``; ``mode``/``kind``, when given, must match what the directory holds.
 
+        Feature sets travel (``dvc pull``), so ``td/`` is read as plain data: its layout and
+        ``meta.json`` are checked first and anything but plain tensors (a pickled entry, a nested
+        folder, a class to import) is refused before a byte of it is loaded; tensordict's own
+        loader, which would unpickle such entries, is never called on it.
+        """
         path = Path(path)
         info_file = path / INFO_JSON
         if not info_file.is_file():
@@ -216,13 +313,7 @@ class FeatureSet:
         storage = info.get("storage_dtype", "float32")
         if storage not in STORAGE_DTYPES:
             raise FeatureSetError(f"{path}: unknown storage dtype {storage!r}")
-        try:
-            td = TensorDict.load_memmap(path / TD_DIR, mode="r")
-        except (FileNotFoundError, json.JSONDecodeError, RuntimeError, ValueError, KeyError) as e:
-            raise FeatureSetError(f"{path}: cannot open the memmap in {TD_DIR}/ ({e})") from e
-        keys = set(td.keys())
-        if keys != set(shapes):
-            raise FeatureSetError(f"{path}: keys {sorted(keys)} do not match the contract {sorted(shapes)}")
+        td = _load_plain_memmap(path, set(shapes))
         try:
             rows = read_tsv(path / SAMPLES_TSV, ("id", TEXT_COLUMN[info["kind"]]))
         except TableError as e:

@@ -4,19 +4,37 @@ One pass over a file gives its audio and any number of frame streams (e.g. CLIP 
 Synchformer at 25 fps 224x224). Every failure raises a :class:`MediaError` subclass whose message
 names the file and the reason, so callers can put it in a rejects manifest verbatim.
 
-Frame-rate conversion: output frame k of a stream at ``fps`` shows the input frame on screen at time
-k / fps, i.e. the last decoded frame whose timestamp (relative to the first frame) is <= k / fps.
-This is what ffmpeg's ``fps`` filter (upstream's decoder) does for constant-rate input.
+Frames are the ones upstream's decoder (torio's StreamingMediaDecoder, filter ``fps=F`` then
+``format=rgb24``) hands its transforms: libavfilter's ``fps`` filter with its defaults (``round=near``,
+no ``start_time``, ``eof_action=round``), replayed on the frames' own timestamps by :class:`FpsSelector`
+(tests/test_media_parity.py pins it against the filter itself). Output frame k is the last input frame
+whose timestamp, rounded to the nearest multiple of 1/F, is at most q0 + k, q0 being the first frame's
+rounded timestamp: roughly the picture on screen at (k + 1/2)/F after the first frame. The pictures
+are resized with the kernel torchvision's v2 ``Resize(interpolation=BICUBIC)`` (antialias on) uses for
+uint8 tensors on the CPU: torch's native uint8 bicubic with antialiasing.
+
+Timeline: the clip starts at the first video frame's presentation time; the audio is placed on the
+same timeline by its own start time (audio that starts later is preceded by silence, audio before the
+first frame is skipped), so a file whose streams start at different times is never shifted silently.
+Display rotation metadata is ignored, as upstream's decoder ignores it (the official weights saw coded
+orientations); :func:`probe` reports it so the index records it.
+
+Memory: nothing is decoded beyond what is needed. Frames stop at the clip's last frame; the audio keeps
+only the clip's window, and the peak that normalises it is a running maximum over the track up to
+``AUDIO_PEAK_SCAN_SEC`` seconds after the clip start (upstream: the whole track; the same for any file
+up to that length). Audio files are streamed the same way (:func:`count_audio_samples`,
+:func:`decode_audio_segments`), so a long file costs time, not memory.
 
 Limits against hostile headers (each refusal is a :class:`MediaLimitError`, i.e. a rejects entry):
 a frame larger than ``MAX_FRAME_PIXELS`` is refused before it is converted (ffmpeg itself decodes
-up to 16384x16384, gigabytes once resized in float32), and an audio rate outside
-``MIN_AUDIO_RATE..MAX_AUDIO_RATE``, or one whose sinc resampling kernel to a model rate would exceed
-``MAX_RESAMPLE_KERNEL`` entries (44101 Hz to 16 kHz needs 7e8), is refused before resampling.
+up to 16384x16384), and an audio rate outside ``MIN_AUDIO_RATE..MAX_AUDIO_RATE``, or one whose sinc
+resampling kernel to a model rate would exceed ``MAX_RESAMPLE_KERNEL`` entries (44101 Hz to 16 kHz
+needs 7e8), is refused before resampling.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass, field
@@ -36,13 +54,15 @@ RESAMPLE_LOWPASS_FILTER_WIDTH = 64
 RESAMPLE_ROLLOFF = 0.9475937167399596
 RESAMPLE_BETA = 14.769656459379492
 
-_TIME_EPS = 1e-6  # seconds; absorbs rounding of pts * time_base
-
-MAX_FRAME_PIXELS = 8192 * 4320  # DCI 8K; one such RGB frame is 106 MB, and the resize works in float32
+MAX_FRAME_PIXELS = 8192 * 4320  # DCI 8K; one such RGB frame is 106 MB
 MIN_AUDIO_RATE = 4000  # Hz; lower claims are broken headers (telephony, the lowest real rate, is 8 kHz)
 MAX_AUDIO_RATE = 768_000  # Hz; the highest rate studio formats use
 MODEL_AUDIO_RATES = (16000, 44100)  # what the 16k and 44k modes resample every file to
 MAX_RESAMPLE_KERNEL = 2**25  # kernel entries (built in float64: ~1.3 GB of temporaries at the limit)
+# How far past a video clip's start its audio track is decoded for the normalisation peak. Upstream
+# takes the peak of the whole track; its clips (VGGSound) are 10 s, well inside this. A video with an
+# hour of audio costs 10 minutes of audio decoding, not the hour (and never the hour's memory).
+AUDIO_PEAK_SCAN_SEC = 600.0
 
 
 class MediaError(RuntimeError):
@@ -90,6 +110,11 @@ class FrameSpec:
     def num_frames(self, duration_sec: float) -> int:
         return int(self.fps * duration_sec)  # upstream: int(_CLIP_FPS * duration_sec)
 
+    @property
+    def rate(self) -> Fraction:
+        """The output rate as libavfilter parses torio's ``fps={fps}`` (8.0 -> 8/1, 0.5 -> 1/2)."""
+        return Fraction(repr(float(self.fps)))
+
 
 CLIP_FRAMES = FrameSpec("clip", fps=8.0, size=384, resize="squash")
 SYNC_FRAMES = FrameSpec("sync", fps=25.0, size=224, resize="short_side_center_crop")
@@ -123,11 +148,12 @@ class VideoClip:
 
     path: str
     audio: torch.Tensor | None  # (num_samples,) float32 mono at the requested rate, not normalised
-    audio_peak: float  # max |x| of the whole native mono track (upstream normalises by it)
+    audio_peak: float  # max |x| of the native mono track up to AUDIO_PEAK_SCAN_SEC after the clip start
     frames: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (T, 3, H, W) uint8
     native_fps: float = 0.0
     native_size: tuple[int, int] = (0, 0)  # (height, width)
     native_audio_rate: int = 0
+    audio_offset_sec: float = 0.0  # audio track start minus the first frame's time (> 0: silence led the audio)
 
 
 def resample(wave: torch.Tensor, orig_rate: int, target_rate: int) -> torch.Tensor:
@@ -186,8 +212,16 @@ def _resampler(orig_rate: int, target_rate: int) -> torchaudio.transforms.Resamp
     )
 
 
+def display_name(path: str | os.PathLike) -> str:
+    """``path`` as printable text: bytes of a name that are not UTF-8 appear as ``\\xNN`` escapes."""
+    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
+
+
 def _open(path: str | os.PathLike) -> av.container.InputContainer:
     p = Path(path)
+    if display_name(p) != str(p):
+        # PyAV takes file names as UTF-8 text; this one cannot be passed to it, nor written to a TSV
+        raise MediaUnreadableError(display_name(p), "file name is not valid UTF-8")
     if not p.exists():
         raise MediaMissingError(p, "file does not exist")
     if not p.is_file():
@@ -260,6 +294,74 @@ def decode_audio(path: str | os.PathLike) -> AudioTrack:
     return AudioTrack(torch.from_numpy(samples), collector.sample_rate)
 
 
+def _stream_mono(path: str | os.PathLike) -> Iterator[tuple[int, np.ndarray]]:
+    """(sample_rate, (n,) float32 mono chunk) of the first audio track, one decoded frame at a time."""
+    name = display_name(path)
+    with _open(path) as container:
+        if not container.streams.audio:
+            raise NoAudioStreamError(name, "no audio stream")
+        stream = container.streams.audio[0]
+        resampler: av.AudioResampler | None = None
+        try:
+            for packet in container.demux(stream):
+                for frame in packet.decode():
+                    if resampler is None:
+                        check_audio_rate(name, frame.sample_rate)
+                        resampler = av.AudioResampler(format="flt", layout=frame.layout, rate=frame.sample_rate)
+                    for out in resampler.resample(frame):
+                        yield out.sample_rate, _checked_mono(name, out)
+            for out in resampler.resample(None) if resampler is not None else ():
+                yield out.sample_rate, _checked_mono(name, out)
+        except av.error.FFmpegError as e:
+            raise MediaUnreadableError(name, f"audio decoding failed ({_ffmpeg_reason(e)})") from e
+
+
+def _checked_mono(name: str, frame: av.AudioFrame) -> np.ndarray:
+    mono = _deinterleave(frame).mean(axis=0, dtype=np.float32)
+    if not np.isfinite(mono).all():
+        raise MediaUnreadableError(name, "audio contains NaN or infinite samples")
+    return mono
+
+
+def count_audio_samples(path: str | os.PathLike) -> tuple[int, int]:
+    """(samples per channel, sample rate) of the first audio track, counted by decoding it as a stream:
+    exact, in constant memory whatever the file's length. The checks match :func:`decode_audio`'s."""
+    total, rate = 0, 0
+    for rate, mono in _stream_mono(path):
+        total += mono.shape[0]
+    if total == 0:
+        raise MediaUnreadableError(display_name(path), "audio stream decodes to no samples")
+    return total, rate
+
+
+@dataclass
+class AudioSegments:
+    """What :func:`decode_audio_segments` returns: native-rate mono cuts and the whole track's peak."""
+
+    sample_rate: int
+    num_samples: int  # of the whole track
+    peak: float  # max |x| of the whole mono track
+    segments: list[torch.Tensor]  # (end - start,) float32 each, shorter where the track ends early
+
+
+def decode_audio_segments(path: str | os.PathLike, ranges: Sequence[tuple[int, int | None]]) -> AudioSegments:
+    """Mono cuts ``[start:end]`` (native-rate sample indices, ``end`` None: to the end) of the first
+    audio track and its peak, in one streamed pass: memory holds the cuts, never the whole track."""
+    parts: list[list[np.ndarray]] = [[] for _ in ranges]
+    total, rate, peak = 0, 0, 0.0
+    for rate, mono in _stream_mono(path):
+        first, total = total, total + mono.shape[0]
+        peak = max(peak, float(np.abs(mono).max())) if mono.size else peak
+        for (start, end), out in zip(ranges, parts):
+            a, b = max(first, start), total if end is None else min(total, end)
+            if a < b:
+                out.append(mono[a - first : b - first])
+    if total == 0:
+        raise MediaUnreadableError(display_name(path), "audio stream decodes to no samples")
+    segments = [torch.from_numpy(np.concatenate(p) if p else np.zeros(0, np.float32)) for p in parts]
+    return AudioSegments(rate, total, peak, segments)
+
+
 def load_audio(
     path: str | os.PathLike,
     sample_rate: int,
@@ -287,52 +389,243 @@ def load_audio(
 
 
 def _fit_frames(frames: torch.Tensor, spec: FrameSpec) -> torch.Tensor:
-    """(T, H, W, 3) uint8 -> (T, 3, size, size) uint8, bicubic with antialiasing (torchvision's path);
-    ``native``: (T, 3, H, W) uint8 unchanged."""
+    """(T, H, W, 3) uint8 -> (T, 3, size, size) uint8 as torchvision's v2 ``Resize`` (bicubic, antialias)
+    and ``CenterCrop`` do to a uint8 tensor on the CPU; ``native``: (T, 3, H, W) uint8 unchanged.
+
+    torchvision hands uint8 bicubic input straight to ``interpolate`` (no float round trip), so this is
+    the same kernel, not an imitation of it; tests/test_media_parity.py checks the sizes and crops."""
+    x = frames.permute(0, 3, 1, 2)  # (T, 3, H, W), channels-last in memory, as torio's tensors are
     if spec.resize == "native":
-        return frames.permute(0, 3, 1, 2).contiguous()
-    x = frames.permute(0, 3, 1, 2).float()  # (T, 3, H, W)
+        return x.contiguous()
     h, w = x.shape[-2:]
-    if spec.resize == "squash":
-        out_hw = (spec.size, spec.size)
-    else:
-        # torchvision Resize(int): the short side becomes `size`, the long one int(size * long / short).
-        if h <= w:
-            out_hw = (spec.size, int(spec.size * w / h))
-        else:
-            out_hw = (int(spec.size * h / w), spec.size)
+    out_hw = resized_size(h, w, spec)
     if out_hw != (h, w):
         x = F.interpolate(x, size=out_hw, mode="bicubic", align_corners=False, antialias=True)
-    x = x.round_().clamp_(0, 255)
     if spec.resize == "short_side_center_crop":
         top = int(round((out_hw[0] - spec.size) / 2.0))
         left = int(round((out_hw[1] - spec.size) / 2.0))
         x = x[:, :, top : top + spec.size, left : left + spec.size]
-    return x.to(torch.uint8).contiguous()
+    return x.contiguous()
 
 
-class _FrameSampler:
-    """Picks, for one FrameSpec, the input frame on screen at each output time k / fps."""
+def resized_size(height: int, width: int, spec: FrameSpec) -> tuple[int, int]:
+    """(height, width) after the resize of ``spec``; torchvision's ``Resize(int)`` sets the short side
+    to ``size`` and the long one to ``int(size * long / short)``."""
+    if spec.resize == "native":
+        return height, width
+    if spec.resize == "squash":
+        return spec.size, spec.size
+    if height <= width:
+        return spec.size, int(spec.size * width / height)
+    return int(spec.size * height / width), spec.size
 
-    def __init__(self, spec: FrameSpec, num_frames: int):
+
+def fps_rescale(pts: int, time_base: Fraction, rate: Fraction) -> int:
+    """``pts`` (in ``time_base`` units) in units of 1/``rate``, rounded to the nearest, halves away from
+    zero: libavutil's ``av_rescale_q_rnd(pts, time_base, 1/rate, AV_ROUND_NEAR_INF)`` in exact integers."""
+    b = time_base.numerator * rate.numerator
+    c = time_base.denominator * rate.denominator
+    if pts < 0:
+        return -((-pts * b + c // 2) // c)
+    return (pts * b + c // 2) // c
+
+
+class FpsSelector:
+    """libavfilter's ``fps`` filter with its defaults, as a state machine over input timestamps.
+
+    The filter holds one frame; when the next one arrives with rounded timestamp ``q``, it emits the
+    held frame for every output slot before ``q`` (from the first frame's rounded timestamp on, one
+    slot per 1/rate) and then holds the new frame. At the end of the stream the held frame fills the
+    slots up to the rounded end time (the last frame's timestamp plus its duration, as the buffer
+    source reports it). ``push`` and ``finish`` return how many copies of the held item to emit.
+    """
+
+    def __init__(self, rate: Fraction, time_base: Fraction):
+        self.rate = rate
+        self.time_base = time_base
+        self.next_pts: int | None = None
+        self.end_pts: int | None = None  # input pts where the stream ends (last pts + duration)
+
+    def push(self, pts: int, duration: int = 0) -> int:
+        q = fps_rescale(pts, self.time_base, self.rate)
+        self.end_pts = pts + duration
+        if self.next_pts is None:
+            self.next_pts = q
+            return 0
+        emitted = max(0, q - self.next_pts)
+        self.next_pts += emitted
+        return emitted
+
+    def finish(self) -> int:
+        if self.next_pts is None or self.end_pts is None:
+            return 0
+        end = fps_rescale(self.end_pts, self.time_base, self.rate)
+        emitted = max(0, end - self.next_pts)
+        self.next_pts += emitted
+        return emitted
+
+
+class _LazyRGB:
+    """A decoded frame whose RGB conversion happens once, and only if some stream picks it."""
+
+    def __init__(self, frame: av.VideoFrame):
+        self.frame = frame
+        self._rgb: torch.Tensor | None = None
+
+    def rgb(self) -> torch.Tensor:
+        if self._rgb is None:
+            self._rgb = torch.from_numpy(self.frame.to_ndarray(format="rgb24"))  # (H, W, 3)
+        return self._rgb
+
+
+class _FrameStream:
+    """One FrameSpec's output: frames chosen by an FpsSelector, fitted as they are picked (memory holds
+    the fitted frames and one full-size frame, not T full-size ones)."""
+
+    def __init__(self, spec: FrameSpec, num_frames: int, time_base: Fraction):
         self.spec = spec
         self.num_frames = num_frames
-        # Frames are fitted as they are picked, so memory holds one full-size frame, not T of them.
+        self.selector = FpsSelector(spec.rate, time_base)
         self.picked: list[torch.Tensor] = []  # (3, size, size) uint8 each
-        self._source: np.ndarray | None = None
-        self._fitted: torch.Tensor | None = None
+        self._held: _LazyRGB | None = None
+        self._fitted: tuple[_LazyRGB, torch.Tensor] | None = None
 
     @property
     def done(self) -> bool:
         return len(self.picked) >= self.num_frames
 
-    def offer(self, prev_rgb: np.ndarray | None, t_next: float) -> None:
-        """A new frame starts at ``t_next``: every pending output time before it shows ``prev_rgb``."""
-        while prev_rgb is not None and not self.done and len(self.picked) / self.spec.fps < t_next - _TIME_EPS:
-            if self._source is not prev_rgb:  # a repeated frame (output rate above the input's) is fitted once
-                self._fitted = _fit_frames(torch.from_numpy(prev_rgb)[None], self.spec)[0]
-                self._source = prev_rgb
-            self.picked.append(self._fitted)
+    def _emit(self, copies: int) -> None:
+        copies = min(copies, self.num_frames - len(self.picked))
+        if copies <= 0 or self._held is None:
+            return
+        if self._fitted is None or self._fitted[0] is not self._held:  # a repeated frame is fitted once
+            self._fitted = (self._held, _fit_frames(self._held.rgb()[None], self.spec)[0])
+        self.picked += [self._fitted[1]] * copies
+
+    def push(self, frame: _LazyRGB, pts: int, duration: int) -> None:
+        self._emit(self.selector.push(pts, duration))
+        self._held = frame
+
+    def finish(self) -> None:
+        self._emit(self.selector.finish())
+
+
+class _AudioWindow:
+    """The audio of a clip on the presentation timeline, streamed.
+
+    Keeps mono float32 at the native rate from ``origin`` (the first video frame's time) for as many
+    samples as ``target_samples`` at ``target_rate`` need, plus the resampler's kernel context after
+    them (so cutting after resampling gives what resampling the whole track gives), and the running
+    peak of the mono track from its first sample to ``AUDIO_PEAK_SCAN_SEC`` after the origin.
+    Samples decoded before the origin is known are buffered; the first video frame comes early in
+    any interleaved file.
+    """
+
+    def __init__(self, path: str, target_rate: int, target_samples: int):
+        self.path = path
+        self.target_rate = target_rate
+        self.target_samples = target_samples
+        self.sample_rate = 0
+        self.start: Fraction | None = None  # presentation time of the track's first sample
+        self.origin: Fraction | None = None
+        self.chunks: list[np.ndarray] = []  # kept mono samples, contiguous from track index kept_from
+        self.kept_from = 0
+        self.received = 0  # samples decoded so far
+        self.peak = 0.0
+        self._resampler: av.AudioResampler | None = None
+
+    def add(self, frame: av.AudioFrame) -> None:
+        if self._resampler is None:
+            self.sample_rate = frame.sample_rate
+            check_audio_rate(self.path, self.sample_rate, (*MODEL_AUDIO_RATES, self.target_rate))
+            self.start = _timestamp(frame)
+            # same rate and layout; only the sample format changes to packed float (see _AudioCollector)
+            self._resampler = av.AudioResampler(format="flt", layout=frame.layout, rate=frame.sample_rate)
+        for out in self._resampler.resample(frame):
+            self._take(_deinterleave(out).mean(axis=0, dtype=np.float32))
+
+    def flush(self) -> None:
+        if self._resampler is not None:
+            for out in self._resampler.resample(None):
+                self._take(_deinterleave(out).mean(axis=0, dtype=np.float32))
+
+    def _take(self, mono: np.ndarray) -> None:  # (n,) float32
+        if not np.isfinite(mono).all():
+            raise MediaUnreadableError(self.path, "audio contains NaN or infinite samples")
+        first = self.received
+        self.received += mono.shape[0]
+        scan_end = self._scan_end()
+        if scan_end is None or first < scan_end:
+            seg = mono if scan_end is None else mono[: scan_end - first]
+            if seg.size:
+                self.peak = max(self.peak, float(np.abs(seg).max()))
+        if self.origin is None:
+            self.chunks.append(mono)
+            return
+        lo, hi = self._window()
+        a, b = max(first, lo), min(first + mono.shape[0], hi)
+        if a < b:
+            if not self.chunks:
+                self.kept_from = a
+            self.chunks.append(mono[a - first : b - first])
+
+    def set_origin(self, origin: Fraction) -> None:
+        """Fix the clip start, and drop what was buffered outside the window."""
+        self.origin = origin
+        if self.start is None:
+            return
+        lo, hi = self._window()
+        buffered = np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.float32)
+        self.chunks = [buffered[lo:hi]] if lo < min(hi, buffered.shape[0]) else []
+        self.kept_from = lo
+
+    def _offset(self) -> int:
+        """Track samples from its first sample to the origin (negative: the track starts after it)."""
+        return round((self.origin - self.start) * self.sample_rate)
+
+    def _window(self) -> tuple[int, int]:
+        """Track sample range [lo, hi) the clip keeps (any leading silence comes on top)."""
+        g = math.gcd(self.sample_rate, self.target_rate)
+        orig, new = self.sample_rate // g, self.target_rate // g
+        width = math.ceil(RESAMPLE_LOWPASS_FILTER_WIDTH * orig / (min(orig, new) * RESAMPLE_ROLLOFF))
+        blocks = -(-self.target_samples // new)  # output blocks of `new` samples that hold the clip
+        lead = max(0, -self._offset())
+        keep = blocks * orig + width + orig + 1 - lead  # +1 block and the kernel's reach: its inputs
+        lo = max(0, self._offset())
+        return lo, lo + max(0, keep)
+
+    def _scan_end(self) -> int | None:
+        if self.origin is None or self.start is None:
+            return None
+        return max(0, self._offset()) + int(AUDIO_PEAK_SCAN_SEC * self.sample_rate)
+
+    @property
+    def done(self) -> bool:
+        """The window is complete and the peak scan is over."""
+        if self.origin is None or self.start is None:
+            return False
+        return self.received >= max(self._window()[1], self._scan_end())
+
+    def samples(self) -> np.ndarray:
+        """(n,) float32 native-rate mono from the origin on, led by silence if the track starts later."""
+        lead = max(0, -self._offset())
+        parts = ([np.zeros(lead, np.float32)] if lead else []) + self.chunks
+        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+
+@contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """Run torch's CPU ops on one intra-op thread. The decoder's own threads share the cores, and
+    OpenMP workers spinning against them made the resizes 25x slower on 2 cores (DataLoader workers
+    are single-threaded anyway: mmaudio.extraction sets it)."""
+    before = torch.get_num_threads()
+    if before != 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if before != 1:
+            torch.set_num_threads(before)
 
 
 def load_video_clip(
@@ -345,110 +638,110 @@ def load_video_clip(
 ) -> VideoClip:
     """Decode ``duration_sec`` of frames for every spec, and the audio, in one pass over ``path``.
 
-    The audio (if ``audio_rate`` is given) is the whole first audio track, mono, resampled, cut to
-    ``audio_samples`` (default ``round(duration_sec * audio_rate)``). Raises :class:`MediaError`s.
+    The clip starts at the first video frame. The audio (if ``audio_rate`` is given) is the first audio
+    track on the same timeline, mono, resampled, cut to ``audio_samples`` (default
+    ``round(duration_sec * audio_rate)``). Decoding stops once the clip is complete (see the module doc
+    for the audio peak). Raises :class:`MediaError`s.
     """
     path = str(path)
-    with _open(path) as container:
+    with _open(path) as container, _one_torch_thread():
+        name = display_name(path)
         if not container.streams.video:
-            raise NoVideoStreamError(path, "no video stream")
+            raise NoVideoStreamError(name, "no video stream")
         vstream = container.streams.video[0]
-        check_frame_size(path, vstream.codec_context.width, vstream.codec_context.height)
+        check_frame_size(name, vstream.codec_context.width, vstream.codec_context.height)
         astream = None
+        need = 0
         if audio_rate is not None:
             if not container.streams.audio:
-                raise NoAudioStreamError(path, "no audio stream")
+                raise NoAudioStreamError(name, "no audio stream")
             astream = container.streams.audio[0]
+            need = audio_samples if audio_samples is not None else round(duration_sec * audio_rate)
         vstream.thread_type = "AUTO"
-        samplers = [_FrameSampler(s, s.num_frames(duration_sec)) for s in specs]
-        collector = _AudioCollector(astream) if astream is not None else None
+        time_base = Fraction(vstream.time_base)
+        streams = [_FrameStream(s, s.num_frames(duration_sec), time_base) for s in specs]
+        audio = _AudioWindow(name, audio_rate, need) if astream is not None else None
 
-        first_time: float | None = None
-        prev_rgb: np.ndarray | None = None
-        prev_time = 0.0
-        frame_period = 1.0 / float(vstream.average_rate) if vstream.average_rate else 0.0
+        first_frame: av.VideoFrame | None = None
+        last_size = (0, 0)
         video_done = False
-        streams = [vstream] + ([astream] if astream is not None else [])
         try:
             # demux() ends with an empty packet per stream, whose decode() flushes delayed frames.
-            for packet in container.demux(*streams):
+            for packet in container.demux(*([vstream] + ([astream] if astream is not None else []))):
                 if packet.stream.type == "audio":
-                    for frame in packet.decode():
-                        collector.add(frame)
+                    if not audio.done:
+                        for frame in packet.decode():
+                            audio.add(frame)
+                    if video_done and audio.done:
+                        break
                     continue
                 if video_done:
                     continue  # keep demuxing for the audio, skip video decoding
                 for frame in packet.decode():
-                    t = _frame_time(frame)
-                    if first_time is None:
-                        first_time = t
-                    t -= first_time
-                    for s in samplers:
-                        s.offer(prev_rgb, t)
-                    check_frame_size(path, frame.width, frame.height)  # the bitstream may contradict the header
-                    prev_rgb = frame.to_ndarray(format="rgb24")  # (H, W, 3)
-                    prev_time = t
-                    if all(s.done for s in samplers):
+                    check_frame_size(name, frame.width, frame.height)  # the bitstream may contradict the header
+                    if frame.pts is None:
+                        raise MediaUnreadableError(name, "decoding failed (frame without timestamp)")
+                    if first_frame is None:
+                        first_frame = frame
+                        if audio is not None:
+                            audio.set_origin(_timestamp(frame))
+                    last_size = (frame.height, frame.width)
+                    held = _LazyRGB(frame)
+                    for s in streams:
+                        s.push(held, frame.pts, frame.duration or 0)
+                    if all(s.done for s in streams):
                         video_done = True
                         break
-                if video_done and collector is None:
+                if video_done and (audio is None or audio.done):
                     break
+            else:
+                if audio is not None:
+                    audio.flush()
         except av.error.FFmpegError as e:
-            raise MediaUnreadableError(path, f"decoding failed ({_ffmpeg_reason(e)})") from e
+            raise MediaUnreadableError(name, f"decoding failed ({_ffmpeg_reason(e)})") from e
 
-        # The last frame stays on screen for one frame period.
-        end_time = prev_time + frame_period
-        for s in samplers:
-            s.offer(prev_rgb, end_time)
-
-        if prev_rgb is None:
-            raise MediaUnreadableError(path, "video stream decodes to no frames")
-        for s in samplers:
+        if first_frame is None:
+            raise MediaUnreadableError(name, "video stream decodes to no frames")
+        for s in streams:
             if not s.done:
+                s.finish()  # the stream ended: the last frame fills the slots up to its end
+            if not s.done:
+                end = float(Fraction(s.selector.end_pts - first_frame.pts) * time_base)
                 raise MediaTooShortError(
-                    path,
+                    name,
                     f"video too short: {len(s.picked)} frames at {s.spec.fps:g} fps "
-                    f"({end_time:.3f} s), need {s.num_frames} for {duration_sec:g} s",
+                    f"({end:.3f} s), need {s.num_frames} for {duration_sec:g} s",
                 )
-        native_hw = (int(prev_rgb.shape[0]), int(prev_rgb.shape[1]))
-        frames = {s.spec.name: torch.stack(s.picked) for s in samplers}  # (T, 3, size, size) each
-        native_fps = float(vstream.average_rate or 0.0)
+        frames = {s.spec.name: torch.stack(s.picked) for s in streams}  # (T, 3, size, size) each
 
-        audio = None
-        peak = 0.0
+        wave = None
         native_rate = 0
-        if collector is not None:
-            samples = collector.finish()
-            native_rate = collector.sample_rate
-            if samples.shape[1] == 0:
-                raise MediaUnreadableError(path, "audio stream decodes to no samples")
-            check_audio_rate(path, native_rate, (*MODEL_AUDIO_RATES, audio_rate))
-            if not np.isfinite(samples).all():
-                raise MediaUnreadableError(path, "audio contains NaN or infinite samples")
-            mono = torch.from_numpy(samples).mean(dim=0)
-            peak = float(mono.abs().max())
-            need = audio_samples if audio_samples is not None else round(duration_sec * audio_rate)
-            wave = resample(mono, native_rate, audio_rate)
+        if audio is not None:
+            native_rate = audio.sample_rate
+            if audio.received == 0:
+                raise MediaUnreadableError(name, "audio stream decodes to no samples")
+            check_audio_rate(name, native_rate, (*MODEL_AUDIO_RATES, audio_rate))
+            native = torch.from_numpy(audio.samples())
+            wave = resample(native, native_rate, audio_rate)
             if wave.shape[0] < need:
-                raise MediaTooShortError(
-                    path, f"audio too short: {wave.shape[0]} samples at {audio_rate} Hz, need {need}"
-                )
-            audio = wave[:need].contiguous()
+                raise MediaTooShortError(name, f"audio too short: {wave.shape[0]} samples at {audio_rate} Hz, need {need}")
+            wave = wave[:need].contiguous()
     return VideoClip(
         path=path,
-        audio=audio,
-        audio_peak=peak,
+        audio=wave,
+        audio_peak=audio.peak if audio is not None else 0.0,
         frames=frames,
-        native_fps=native_fps,
-        native_size=native_hw,
+        native_fps=float(vstream.average_rate or 0.0),
+        native_size=last_size,
         native_audio_rate=native_rate,
+        audio_offset_sec=float(audio.start - audio.origin) if audio is not None and audio.start is not None else 0.0,
     )
 
 
-def _frame_time(frame: av.VideoFrame) -> float:
+def _timestamp(frame: av.VideoFrame | av.AudioFrame) -> Fraction:
     if frame.pts is None or frame.time_base is None:
         raise av.error.InvalidDataError(0, "frame without timestamp")
-    return float(frame.pts * frame.time_base)
+    return frame.pts * Fraction(frame.time_base)
 
 
 @dataclass(frozen=True)
@@ -464,6 +757,7 @@ class MediaInfo:
     height: int = 0
     audio_rate: int = 0
     audio_channels: int = 0
+    rotation: int = 0  # degrees the display matrix turns the picture (counter-clockwise); decoding ignores it
 
 
 def probe(path: str | os.PathLike) -> MediaInfo:
@@ -482,7 +776,24 @@ def probe(path: str | os.PathLike) -> MediaInfo:
             height=int(v.codec_context.height) if v is not None else 0,
             audio_rate=int(a.codec_context.sample_rate or 0) if a is not None else 0,
             audio_channels=int(a.codec_context.channels or 0) if a is not None else 0,
+            # a frame is decoded for its rotation only if its header size is within the limit
+            rotation=_rotation(c, v) if v is not None and _within_frame_limit(v) else 0,
         )
+
+
+def _within_frame_limit(stream: av.video.stream.VideoStream) -> bool:
+    return stream.codec_context.width * stream.codec_context.height <= MAX_FRAME_PIXELS
+
+
+def _rotation(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int:
+    """The display rotation of ``stream``, read from its first frame's side data (the container keeps
+    the display matrix as stream side data, which PyAV exposes through decoded frames)."""
+    try:
+        for frame in container.decode(stream):
+            return int(round(frame.rotation)) % 360
+    except av.error.FFmpegError as e:
+        raise MediaUnreadableError(display_name(container.name), f"cannot decode a video frame ({_ffmpeg_reason(e)})") from e
+    return 0
 
 
 def exact_samples(duration_sec: float, sample_rate: int) -> int:

@@ -1,13 +1,18 @@
 """Index of a video list: resolve each id to its file and check it can give a training clip.
 
-The check reads container headers only (streams, duration); the extraction stage decodes fully and
-rejects what headers could not reveal. Every row of the list ends up either in the index or in
-the rejects manifest with the reason.
+The check reads container headers (streams, duration) and the first video frame (its display
+rotation, which decoding ignores as upstream does; the index records it so such files can be found);
+the extraction stage decodes and rejects what headers could not reveal. Every row of the list ends
+up either in the index or in the rejects manifest with the reason.
+
+A media folder is listed once; an id matches ``{id}{suffix}`` with the suffix in any case
+(``clip.MP4``, ``NAME.WAV``), the same rule for every stage that resolves ids.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,22 +20,48 @@ from mmaudio.media import MediaError, check_frame_size, probe
 from mmaudio.tables import check_id, read_tsv
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi")
-INDEX_COLUMNS = ("id", "label", "file", "duration_sec", "fps", "width", "height", "audio_rate", "audio_channels")
+INDEX_COLUMNS = (
+    "id", "label", "file", "duration_sec", "fps", "width", "height", "audio_rate", "audio_channels", "rotation",
+)
 
 
-def resolve_media(media_dir: Path, media_id: str, suffixes=VIDEO_SUFFIXES) -> Path:
-    """The single file ``media_dir/{id}.{suffix}``; raises FileNotFoundError or ValueError (ambiguous).
+class MediaFolder:
+    """The files of a media folder by stem, for resolving ids; listed on first use."""
 
-    ``media_id`` must be a plain file name (else TableError, a ValueError), whichever table it came
-    from: a name column is not checked like an id column, and ``..`` or ``/`` would leave the folder.
-    """
-    check_id(media_id, source=str(media_dir))
-    found = [media_dir / f"{media_id}{s}" for s in suffixes if (media_dir / f"{media_id}{s}").is_file()]
-    if not found:
-        raise FileNotFoundError(f"no file for id {media_id!r} in {media_dir} (tried {', '.join(suffixes)})")
-    if len(found) > 1:
-        raise ValueError(f"id {media_id!r} matches several files in {media_dir}: {[p.name for p in found]}")
-    return found[0]
+    def __init__(self, folder: str | os.PathLike, suffixes: Sequence[str]):
+        self.folder = Path(folder)
+        self.suffixes = tuple(suffixes)
+        self._by_stem: dict[str, list[str]] | None = None
+
+    def _listing(self) -> dict[str, list[str]]:
+        if self._by_stem is None:
+            wanted = {s.lower() for s in self.suffixes}
+            self._by_stem = {}
+            if self.folder.is_dir():
+                for entry in os.scandir(self.folder):
+                    p = Path(entry.name)
+                    if p.suffix.lower() in wanted and entry.is_file():
+                        self._by_stem.setdefault(p.stem, []).append(entry.name)
+        return self._by_stem
+
+    def resolve(self, media_id: str) -> Path:
+        """The single file ``{id}{suffix}``, suffix in any case; raises FileNotFoundError or ValueError
+        (several files). ``media_id`` must be a plain file name (else TableError, a ValueError), whichever
+        table it came from: a name column is not checked like an id column, and ``..`` or ``/`` would
+        leave the folder."""
+        check_id(media_id, source=str(self.folder))
+        found = sorted(self._listing().get(media_id, []))
+        if not found:
+            tried = ", ".join(self.suffixes)
+            raise FileNotFoundError(f"no file for id {media_id!r} in {self.folder} (tried {tried}, in any case)")
+        if len(found) > 1:
+            raise ValueError(f"id {media_id!r} matches several files in {self.folder}: {found}")
+        return self.folder / found[0]
+
+
+def resolve_media(media_dir: str | os.PathLike, media_id: str, suffixes: Sequence[str] = VIDEO_SUFFIXES) -> Path:
+    """One id against a folder (lists the folder: for many ids, use one :class:`MediaFolder`)."""
+    return MediaFolder(media_dir, suffixes).resolve(media_id)
 
 
 @dataclass
@@ -41,14 +72,14 @@ class IndexResult:
 
 def index_video_list(list_tsv: str | os.PathLike, media_dir: str | os.PathLike, min_duration_sec: float) -> IndexResult:
     """Check every ``id, label`` row of ``list_tsv`` against ``media_dir``. A bad TSV raises TableError."""
-    media_dir = Path(media_dir)
+    folder = MediaFolder(media_dir, VIDEO_SUFFIXES)
     entries = read_tsv(list_tsv, ("id", "label"))
     rows: list[dict[str, object]] = []
     rejects: list[tuple[str, str]] = []
     for e in entries:
         vid = e["id"]
         try:
-            path = resolve_media(media_dir, vid)
+            path = folder.resolve(vid)
         except (FileNotFoundError, ValueError) as err:
             rejects.append((vid, str(err)))
             continue
@@ -78,6 +109,7 @@ def index_video_list(list_tsv: str | os.PathLike, media_dir: str | os.PathLike, 
                 "height": info.height,
                 "audio_rate": info.audio_rate,
                 "audio_channels": info.audio_channels,
+                "rotation": info.rotation,
             }
         )
     return IndexResult(rows, rejects)

@@ -1,6 +1,9 @@
 """Clip partitioning of audio-only files (upstream training/partition_clips.py, as a library).
 
-A file shorter than ``min_duration_sec`` is skipped into the rejects manifest. A longer one gives
+A file shorter than ``min_duration_sec`` is skipped into the rejects manifest, and so is a file whose
+name is not valid UTF-8 (its id could not be written to a TSV; the manifest names it with the
+undecodable bytes as ``\\xNN``). Suffixes match in any case (``NAME.WAV``), as extraction resolves them.
+Files are counted by streaming their audio, so an hour-long file costs constant memory. A longer one gives
 ``min(max_segments, length // segment)`` segments of ``segment_sec``, evenly spaced from the start
 to the end, as sample indices at the file's native rate; segment ``i`` has id ``{stem}_{i}``.
 
@@ -16,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmaudio.config import PartitionConfig
-from mmaudio.media import MediaError, decode_audio, exact_samples
-from mmaudio.tables import TableError, check_id
+from mmaudio.media import MediaError, count_audio_samples, display_name, exact_samples
+from mmaudio.tables import TableError, check_id, lookalike_key
 
 AUDIO_SUFFIXES = (".flac", ".wav")
 CLIP_COLUMNS = ("id", "name", "start_sample", "end_sample")
@@ -59,6 +62,9 @@ def partition_folder(audio_dir: str | os.PathLike, cfg: PartitionConfig) -> Part
     used = 0
     for path in files:
         stem = path.stem
+        if display_name(path.name) != path.name:
+            rejects.append((display_name(path.name), "file name is not valid UTF-8"))
+            continue
         if path.suffix.lower() not in AUDIO_SUFFIXES:
             rejects.append((path.name, f"not a {'/'.join(AUDIO_SUFFIXES)} file"))
             continue
@@ -67,18 +73,21 @@ def partition_folder(audio_dir: str | os.PathLike, cfg: PartitionConfig) -> Part
         except TableError as e:
             rejects.append((path.name, str(e)))
             continue
-        if stem in seen_stems:
-            rejects.append((path.name, f"duplicate id {stem!r}: {seen_stems[stem]} has the same stem"))
+        key = lookalike_key(stem)
+        if key in seen_stems:
+            other = seen_stems[key]
+            same = "the same stem" if Path(other).stem == stem else "a stem that looks the same (Unicode NFKC)"
+            rejects.append((path.name, f"duplicate id {stem!r}: {other} has {same}"))
             continue
-        seen_stems[stem] = path.name
+        seen_stems[key] = path.name
         try:
-            track = decode_audio(path)
+            num_samples, sample_rate = count_audio_samples(path)
         except MediaError as e:
             rejects.append((stem, e.reason))
             continue
-        segments = partition_samples(track.num_samples, track.sample_rate, cfg)
+        segments = partition_samples(num_samples, sample_rate, cfg)
         if not segments:
-            rejects.append((stem, f"shorter than {cfg.min_duration_sec:g} s ({track.duration_sec:.3f} s)"))
+            rejects.append((stem, f"shorter than {cfg.min_duration_sec:g} s ({num_samples / sample_rate:.3f} s)"))
             continue
         used += 1
         for i, s in enumerate(segments):

@@ -17,11 +17,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mmaudio.cli import parse_stage_args, setup_logging
 from mmaudio.distributed import cleanup_distributed, init_distributed
 from mmaudio.evaluation.evaluate import evaluate
+from mmaudio.paths import check_stage_paths
 
 
 def main(argv=None) -> None:
     setup_logging()
     _, params = parse_stage_args(__doc__, argv)
+    check_stage_paths(params, {"evaluate.out_dir": params.evaluate.out_dir},
+                      reads={"train.out_dir": params.train.out_dir,
+                             f"extract.out_dir/{params.evaluate.dataset}": Path(params.extract.out_dir) / params.evaluate.dataset})
     ctx = init_distributed(params.evaluate.device)
     setup_logging(ctx.rank)
     try:

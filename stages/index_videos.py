@@ -16,7 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mmaudio.cli import parse_stage_args, setup_logging
 from mmaudio.config import ConfigError
 from mmaudio.media_index import INDEX_COLUMNS, index_video_list
-from mmaudio.tables import write_rejects, write_tsv
+from mmaudio.paths import check_stage_paths
+from mmaudio.tables import log_reject_summary, write_rejects, write_tsv
 from mmaudio.tracking import StageRun
 
 log = logging.getLogger("index_videos")
@@ -28,12 +29,14 @@ def main(argv=None) -> None:
     if args.dataset not in params.video_datasets:
         raise ConfigError(f"no video dataset {args.dataset!r} in params.yaml (have {sorted(params.video_datasets)})")
     ds = params.video_datasets[args.dataset]
+    key = f"video_datasets.{args.dataset}"
+    check_stage_paths(params, {f"{key}.index_tsv": ds.index_tsv, f"{key}.rejects_tsv": ds.rejects_tsv},
+                      reads={f"{key}.list_tsv": ds.list_tsv, f"{key}.media_dir": ds.media_dir})
     with StageRun(f"index_videos@{args.dataset}", params, inputs=[ds.list_tsv, ds.media_dir]) as run:
         result = index_video_list(ds.list_tsv, ds.media_dir, params.index.min_duration_sec)
         write_tsv(ds.index_tsv, INDEX_COLUMNS, result.rows)
         write_rejects(ds.rejects_tsv, result.rejects)
-        for rid, reason in result.rejects:
-            log.warning("rejected %s: %s", rid, reason)
+        log_reject_summary(log, result.rejects)
         log.info("%s: %d usable, %d rejected -> %s", args.dataset, len(result.rows), len(result.rejects), ds.index_tsv)
         run.log_metrics({"videos": len(result.rows), "rejects": len(result.rejects)})
         run.log_outputs([ds.index_tsv, ds.rejects_tsv])

@@ -12,7 +12,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
 from mmaudio.cli import parse_stage_args, setup_logging
-from mmaudio.examples import generate_examples
+from mmaudio.examples import example_products, generate_examples
+from mmaudio.paths import check_stage_paths
 from mmaudio.sync_examples import SyncSetSpec
 from mmaudio.tracking import StageRun
 
@@ -22,6 +23,7 @@ log = logging.getLogger("make_examples")
 def main(argv=None) -> None:
     setup_logging()
     _, params = parse_stage_args(__doc__, argv)
+    check_stage_paths(params, {"examples.out_dir": params.examples.out_dir}, products=example_products(params))
     with StageRun("make_examples", params) as run:
         cfg = params.examples
         sync_set = SyncSetSpec(cfg.sync_clips.train, cfg.sync_clips.val, cfg.sync_clips.test, cfg.sync_frame_size)

@@ -15,8 +15,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmaudio.cli import parse_stage_args, setup_logging
 from mmaudio.config import ConfigError
+from mmaudio.paths import check_stage_paths
 from mmaudio.partition import CLIP_COLUMNS, partition_folder
-from mmaudio.tables import write_rejects, write_tsv
+from mmaudio.tables import log_reject_summary, write_rejects, write_tsv
 from mmaudio.tracking import StageRun
 
 log = logging.getLogger("partition")
@@ -28,12 +29,14 @@ def main(argv=None) -> None:
     if args.dataset not in params.audio_datasets:
         raise ConfigError(f"no audio dataset {args.dataset!r} in params.yaml (have {sorted(params.audio_datasets)})")
     ds = params.audio_datasets[args.dataset]
+    key = f"audio_datasets.{args.dataset}"
+    check_stage_paths(params, {f"{key}.clips_tsv": ds.clips_tsv, f"{key}.rejects_tsv": ds.rejects_tsv},
+                      reads={f"{key}.media_dir": ds.media_dir})
     with StageRun(f"partition@{args.dataset}", params, inputs=[ds.media_dir]) as run:
         result = partition_folder(ds.media_dir, params.partition)
         write_tsv(ds.clips_tsv, CLIP_COLUMNS, result.clips)
         write_rejects(ds.rejects_tsv, result.rejects)
-        for rid, reason in result.rejects:
-            log.warning("rejected %s: %s", rid, reason)
+        log_reject_summary(log, result.rejects)
         log.info(
             "%s: %d files, %d used, %d clips, %d rejected -> %s",
             args.dataset, result.files_seen, result.files_used, len(result.clips), len(result.rejects), ds.clips_tsv,

@@ -25,6 +25,7 @@ from mmaudio.codec_training import train_tiny_codec
 from mmaudio.config import find_repo_root
 from mmaudio.encoders.profiles import get_profile
 from mmaudio.encoders.tiny import write_tiny_weights
+from mmaudio.paths import check_stage_paths
 from mmaudio.tracking import StageRun
 
 log = logging.getLogger("tiny_weights")
@@ -35,6 +36,7 @@ def main(argv=None) -> None:
     _, params = parse_stage_args(__doc__, argv)
     cfg = params.tiny_weights
     expected = find_repo_root() / get_profile("tiny").root
+    check_stage_paths(params, {"tiny_weights.out_dir": cfg.out_dir}, owned=[expected])
     if Path(cfg.out_dir).resolve() != expected.resolve():
         log.warning("tiny_weights.out_dir=%s is not %s, where the `tiny` profile reads its weights", cfg.out_dir, expected)
     with StageRun("tiny_weights", params) as run:

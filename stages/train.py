@@ -18,12 +18,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmaudio.cli import parse_stage_args, setup_logging
 from mmaudio.distributed import cleanup_distributed, init_distributed
-from mmaudio.training.train import train
+from mmaudio.paths import check_stage_paths
+from mmaudio.training.train import feature_dir, train
 
 
 def main(argv=None) -> None:
     setup_logging()
     _, params = parse_stage_args(__doc__, argv)
+    sets = [*params.train.datasets, *([params.train.val_dataset] if params.train.val_dataset else [])]
+    check_stage_paths(params, {"train.out_dir": params.train.out_dir},
+                      reads={f"extract.out_dir/{name}": feature_dir(params, name) for name in sets})
     ctx = init_distributed(params.train.device)
     setup_logging(ctx.rank)
     try:

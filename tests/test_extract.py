@@ -482,7 +482,8 @@ def test_audio_rejects_silent_files_short_clips_and_uncaptioned_files(project, t
     ds_cfg = AudioDatasetConfig(str(media), str(tmp_path / "captions.tsv"), str(tmp_path / "clips.tsv"), str(tmp_path / "rejects.tsv"))
     listed = audio_rows(ds_cfg)
     assert [r.id for r in listed.rows] == ["quiet_0"]
-    assert listed.rejects == [("old", "from the partition stage"), ("nocap_0", f"no caption for file 'nocap' in {tmp_path / 'captions.tsv'}")]
+    assert listed.carried == [("old", "from the partition stage")]  # the earlier stage's, counted as carried
+    assert listed.rejects == [("nocap_0", f"no caption for file 'nocap' in {tmp_path / 'captions.tsv'}")]  # this stage's
     ds = AudioClipDataset(listed.rows, sample_rate=16000, num_samples=128000)
     assert ds[0] == Rejected(0, "quiet_0", "silent audio (peak 0 <= 1e-06)")
 
@@ -616,3 +617,18 @@ def test_killed_stage_resumes_to_the_uninterrupted_result(project, many_referenc
     assert runs[0].info.status == "FINISHED" and runs[0].data.metrics["shards_resumed"] == done
     rerun_ids = sorted(r["id"] for r in read_tsv(project / "data/many.tsv", CLIP_COLUMNS))[2 * done :]
     assert runs[0].data.metrics["clips_encoded"] == len(rerun_ids) - ("clicks_000_m20" in rerun_ids)  # the too-short one
+
+
+def test_extract_out_dir_on_the_media_folder_is_refused_before_any_work(project, examples_dir, monkeypatch):
+    """Issue 16 item 3: extract.out_dir=<examples> put the 'audio' set on <examples>/audio, the media
+    folder it reads, and the rename into place deleted the source audio."""
+    from mmaudio.extraction import run_extract_stage
+    from mmaudio.paths import OutputPathError
+
+    monkeypatch.chdir(project)
+    before = sorted(p.name for p in (examples_dir / "audio").iterdir())
+    with pytest.raises(OutputPathError, match=rf"key 'extract.out_dir' = '{examples_dir / 'audio'}' is input "
+                                              r"'audio_datasets\.audio\.media_dir' \(.*\); refusing to write over it"):
+        run_extract_stage("audio", "doc", ["--dataset", "audio", f"extract.out_dir={examples_dir}"])
+    assert sorted(p.name for p in (examples_dir / "audio").iterdir()) == before
+    assert not (examples_dir / "audio.work").exists()

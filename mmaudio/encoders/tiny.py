@@ -23,6 +23,7 @@ from mmaudio.encoders.bigvgan import build_vocoder, save_vocoder
 from mmaudio.encoders.clip import CLIPEncoder, build_clip, compute_empty_string_feature, save_clip, save_empty_string
 from mmaudio.encoders.synchformer import build_synchformer_visual, save_synchformer_visual
 from mmaudio.encoders.vae import AudioVAE, save_vae
+from mmaudio.paths import check_replaceable, replace_dir
 
 CLIP_FILE_NAME = "open_clip_model.safetensors"  # safetensors: raw tensors only, byte-stable, mmap-able
 
@@ -33,6 +34,13 @@ def file_seed(seed: int, name: str) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
+def owns_tiny_entry(entry: Path) -> bool:
+    """Whether an entry of an existing tiny weights folder is one :func:`write_tiny_weights` writes."""
+    names = {*profiles.VAE_FILES.values(), profiles.VOCODER_16K_FILE, profiles.VOCODER_44K_DIR,
+             profiles.SYNCHFORMER_FILE, profiles.CLIP_DIR, profiles.EMPTY_STRING_FILE}
+    return entry.name in names and not entry.is_symlink()
+
+
 def write_tiny_weights(out_dir: str | os.PathLike, seed: int = 0) -> list[Path]:
     """Write every tiny component's weights into ``out_dir`` (replaced as a whole). Returns the files.
 
@@ -40,7 +48,7 @@ def write_tiny_weights(out_dir: str | os.PathLike, seed: int = 0) -> list[Path]:
     never leaves a mix of old and new files.
     """
     p = profiles.get_profile("tiny")
-    out = Path(out_dir)
+    out = check_replaceable(out_dir, owns=owns_tiny_entry, what=f"tiny weights folder {os.fspath(out_dir)!r}")
     tmp = out.with_name(f".{out.name}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -69,7 +77,5 @@ def write_tiny_weights(out_dir: str | os.PathLike, seed: int = 0) -> list[Path]:
         empty = compute_empty_string_feature(CLIPEncoder(p.clip, model=clip_model))
     save_empty_string(empty, tmp / profiles.EMPTY_STRING_FILE)
 
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    replace_dir(tmp, out, owns=owns_tiny_entry, what=f"tiny weights folder {os.fspath(out_dir)!r}")
     return sorted(f for f in out.rglob("*") if f.is_file())

@@ -37,7 +37,7 @@ import torchaudio
 
 from mmaudio.evaluation.metrics import frechet_distance
 from mmaudio.media import resample
-from mmaudio.tables import read_tsv
+from mmaudio.tables import finite_float, read_tsv
 
 PROXY_SAMPLE_RATE = 16000
 ONSET_EVENT_KINDS = ("flash_click", "impact")  # event kinds of the example set that are sound onsets
@@ -329,7 +329,7 @@ def read_event_times(path: str | Path, kinds: Sequence[str] | None = ONSET_EVENT
     """Event times (s, sorted) per file id from an ``id, kind, time_sec`` TSV (the example set's
     ``events.tsv``), keeping only ``kinds`` (default: the kinds that are sound onsets)."""
     times: dict[str, list[float]] = {}
-    for row in read_tsv(path, ("id", "kind", "time_sec"), unique=False):
+    for row in read_tsv(path, ("id", "kind", "time_sec"), unique=False, checks={"time_sec": finite_float}):
         if kinds is None or row["kind"] in kinds:
             times.setdefault(row["id"], []).append(float(row["time_sec"]))
     return {k: np.sort(np.asarray(v)) for k, v in times.items()}

@@ -23,6 +23,7 @@ from mmaudio.encoders.profiles import (
     weight_paths,
 )
 from mmaudio.encoders.tiny import file_seed, write_tiny_weights
+from mmaudio.paths import OutputPathError
 from mmaudio.weights import load_weight_file
 
 TINY_FILES = [
@@ -108,7 +109,12 @@ def test_same_seed_gives_byte_identical_files(tiny_root: Path, tmp_path: Path) -
 def test_another_seed_gives_other_weights_and_replaces_the_folder(tmp_path: Path) -> None:
     out = tmp_path / "tiny"
     out.mkdir()
-    (out / "stale.pth").write_bytes(b"left over")
+    (out / "v1-16.pth").write_bytes(b"left over")  # a file of the tiny layout from an earlier run
+    (out / "notes.txt").write_bytes(b"not ours")  # anything else stops the replacement (issue 16)
+    with pytest.raises(OutputPathError, match=r"holds entries this stage does not write \(notes\.txt\)"):
+        write_tiny_weights(out, seed=1)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "v1-16.pth"]
+    (out / "notes.txt").unlink()
     write_tiny_weights(out, seed=1)
     assert _files(out) == TINY_FILES  # nothing left over, no temp folder next to it
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf_cache", "tiny"]

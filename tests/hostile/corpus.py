@@ -13,6 +13,13 @@ expected pattern in full. Decisions this corpus pins down:
   up: an MP4 named .flac is decoded as the MP4 it is, a WAV named .mp4 is a video without a picture.
 - A header that claims more frames or samples than the file holds is not believed: clips are cut
   from the samples that decode.
+- A TSV field that is exactly one CSV-quoted string is unquoted; any other field is literal, so a
+  caption may start with a quote and an unclosed quote is text, not a malformed table.
+- Ids, names on disk and dataset names follow one rule (tables.check_id): a plain file name of at
+  most 240 UTF-8 bytes with no control or invisible characters; ids equal after NFKC are duplicates.
+- Columns a stage wrote are checked when another reads them back (file names, sample bounds, times).
+- No output path may be, contain or lie inside an input, the repository or the official weights;
+  a folder is replaced only if it holds nothing but what its writer makes.
 """
 
 from __future__ import annotations
@@ -60,7 +67,7 @@ class Outcome:
 @dataclass(frozen=True)
 class Case:
     name: str
-    category: str  # media | tsv | params | weights
+    category: str  # media | tsv | params | weights | paths | features
     expected: Outcome  # message: a regular expression that must match the whole observed message
     run: Callable[[Path, GoodMedia], Outcome]  # (a fresh empty folder, the good files) -> observed
     slow: bool = False
@@ -283,7 +290,7 @@ def _(tmp, good):
     if observed.kind == "raised":
         return observed
     rows = audio_rows(ds)
-    return Outcome("accepted", "audio_rows", f"{len(rows.rows)} clip(s) to extract; carried rejects {[r for r, _ in rows.rejects]}")
+    return Outcome("accepted", "audio_rows", f"{len(rows.rows)} clip(s) to extract; carried rejects {[r for r, _ in rows.carried]}")
 
 
 @case("file name with a backslash", "media", "rejected", "a\\b.wav",
@@ -450,14 +457,17 @@ def _(tmp, good):
     return tsv_beside_good(tmp, good, b"id\tlabel\ngood_a\tnul\x00here\n")
 
 
-@case("TSV with a NUL byte in an id", "tsv", "raised", "TableError", r".*/list\.tsv:2: id 'good\\x00a' contains control characters")
+@case("TSV with a NUL byte in an id", "tsv", "raised", "TableError",
+      r".*/list\.tsv:2: id 'good\\x00a' contains control or invisible characters \(U\+0000\)")
 def _(tmp, good):
     return tsv_beside_good(tmp, good, b"id\tlabel\ngood\x00a\tx\n")
 
 
-@case("TSV with an unterminated quote", "tsv", "raised", "TableError", r".*/list\.tsv:\d: malformed TSV \(unexpected end of data\)")
+@case("TSV with an unterminated quote (a label starting with a quote, kept literally)", "tsv", "accepted", "list.tsv",
+      r"1 rows, 0 rejects; label '\"never closed'")
 def _(tmp, good):
-    return tsv_beside_good(tmp, good, 'id\tlabel\ngood_a\t"never closed\n')
+    out = tsv_beside_good(tmp, good, 'id\tlabel\ngood_a\t"never closed\n')
+    return Outcome(out.kind, out.subject, f"{out.message}; label {read_tsv(tmp / 'list.tsv', ('id', 'label'))[0]['label']!r}")
 
 
 @case("1 MB caption (kept whole)", "tsv", "accepted", "long", r"caption of 1000000 characters kept whole, also after a rewrite")
@@ -491,6 +501,268 @@ def _(tmp, good):
     gen.copy_into(good.flac, folder)
     assert resolve_media(folder, "good", AUDIO_SUFFIXES) == folder / "good.flac"  # the good file beside
     return raised(lambda: resolve_media(folder, "../outside", AUDIO_SUFFIXES), TableError, FileNotFoundError, ValueError)
+
+
+# -- names and generated columns (issue 16: validated as a class, on disk and on read-back) ---------------
+
+
+@case("caption starting with a quote ('\"Hi\" she said'), hand-written and rewritten", "tsv", "accepted", "captions.tsv",
+      r"'\"Hi\" she said' and '\"quoted\"' read back as written")
+def _(tmp, good):
+    (tmp / "captions.tsv").write_text('id\tcaption\ngood\tfine\na\t"Hi" she said\n')
+    rows = read_tsv(tmp / "captions.tsv", ("id", "caption"))
+    assert rows[0] == {"id": "good", "caption": "fine"}
+    rows.append({"id": "b", "caption": '"quoted"'})
+    write_tsv(tmp / "again.tsv", ("id", "caption"), rows)
+    back = read_tsv(tmp / "again.tsv", ("id", "caption"))
+    same = back == rows
+    return Outcome("accepted", "captions.tsv", f"{rows[1]['caption']!r} and {back[2]['caption']!r} read back " + ("as written" if same else "CHANGED"))
+
+
+@case("TSV ids equal after Unicode normalisation (composed vs decomposed e-acute)", "tsv", "raised", "TableError",
+      r".*/list\.tsv:3: id 'cafe\u0301' looks the same as 'caf\xe9' on line 2 \(equal after Unicode NFKC normalisation\)")
+def _(tmp, good):
+    return tsv_beside_good(tmp, good, "id\tlabel\ncaf\u00e9\tone\ncafe\u0301\ttwo\n")
+
+
+@case("TSV id of 300 bytes (no file system takes the name)", "tsv", "raised", "TableError",
+      r".*/list\.tsv:2: id of 300 bytes is longer than 240 bytes \(starts 'xxxx.*'\)")
+def _(tmp, good):
+    return tsv_beside_good(tmp, good, "id\tlabel\n" + "x" * 300 + "\tlong\n")
+
+
+@case("TSV id with a right-to-left override (U+202E)", "tsv", "raised", "TableError",
+      r".*/list\.tsv:2: id 'evil\\u202egpj\.exe' contains control or invisible characters \(U\+202E\)")
+def _(tmp, good):
+    return tsv_beside_good(tmp, good, "id\tlabel\nevil\u202egpj.exe\tx\n")
+
+
+@case("TSV id with a zero-width space", "tsv", "raised", "TableError",
+      r".*/list\.tsv:2: id 'good\\u200b_a' contains control or invisible characters \(U\+200B\)")
+def _(tmp, good):
+    return tsv_beside_good(tmp, good, "id\tlabel\ngood\u200b_a\tx\n")
+
+
+def _video_ds(tmp: Path, good: GoodMedia, index_rows: list[dict]) -> "object":
+    from mmaudio.config import VideoDatasetConfig
+    from mmaudio.media_index import INDEX_COLUMNS
+
+    media = tmp / "video"
+    gen.copy_into(good.mp4, media, "good_a.mp4")
+    full = [{c: r.get(c, "0") for c in INDEX_COLUMNS} for r in index_rows]
+    write_tsv(tmp / "index.tsv", INDEX_COLUMNS, full)
+    write_tsv(tmp / "rejects.tsv", ("id", "reason"), [])
+    return VideoDatasetConfig(str(media), str(tmp / "list.tsv"), str(tmp / "index.tsv"), str(tmp / "rejects.tsv"))
+
+
+@case("index TSV whose file column is an absolute path (read back unchecked before)", "tsv", "raised", "TableError",
+      r".*/index\.tsv:3: id 'b': column 'file': file name '/.*/outside\.mp4' is not a plain file name \(path separator or '\.\.'\)")
+def _(tmp, good):
+    from mmaudio.clip_sources import video_rows
+
+    outside = gen.copy_into(good.mp4, tmp / "elsewhere", "outside.mp4")
+    ds = _video_ds(tmp, good, [{"id": "good_a", "label": "ok", "file": "good_a.mp4"}, {"id": "b", "label": "x", "file": str(outside)}])
+    assert [r.id for r in video_rows(_video_ds(tmp / "ok", good, [{"id": "good_a", "label": "ok", "file": "good_a.mp4"}])).rows] == ["good_a"]
+    return raised(lambda: video_rows(ds), TableError)
+
+
+@case("index TSV whose file column names another id's file", "tsv", "raised", "TableError",
+      r".*/index\.tsv: id 'b': file 'good_a\.mp4' is not 'b' with one of \.mp4, \.mkv, \.webm, \.mov, \.avi")
+def _(tmp, good):
+    from mmaudio.clip_sources import video_rows
+
+    ds = _video_ds(tmp, good, [{"id": "b", "label": "x", "file": "good_a.mp4"}])
+    return raised(lambda: video_rows(ds), TableError)
+
+
+@case("clip TSV with a negative start_sample", "tsv", "raised", "TableError",
+      r".*/clips\.tsv:3: id 'good_1': column 'start_sample': '-5' is not a non-negative integer")
+def _(tmp, good):
+    from mmaudio.clip_sources import audio_rows
+    from mmaudio.config import AudioDatasetConfig
+    from mmaudio.partition import CLIP_COLUMNS
+
+    gen.copy_into(good.wav, tmp / "audio", "good.wav")
+    write_tsv(tmp / "captions.tsv", ("id", "caption"), [{"id": "good", "caption": "a tone"}])
+    write_tsv(tmp / "rejects.tsv", ("id", "reason"), [])
+    rows = [{"id": "good_0", "name": "good", "start_sample": 0, "end_sample": 129600}]
+    write_tsv(tmp / "ok.tsv", CLIP_COLUMNS, rows)
+    ok = AudioDatasetConfig(str(tmp / "audio"), str(tmp / "captions.tsv"), str(tmp / "ok.tsv"), str(tmp / "rejects.tsv"))
+    assert [r.id for r in audio_rows(ok).rows] == ["good_0"]
+    write_tsv(tmp / "clips.tsv", CLIP_COLUMNS, rows + [{"id": "good_1", "name": "good", "start_sample": -5, "end_sample": 100}])
+    ds = AudioDatasetConfig(str(tmp / "audio"), str(tmp / "captions.tsv"), str(tmp / "clips.tsv"), str(tmp / "rejects.tsv"))
+    return raised(lambda: audio_rows(ds), TableError)
+
+
+@case("events TSV with time_sec 'nan'", "tsv", "raised", "TableError",
+      r".*/events\.tsv:3: id 'b': column 'time_sec': 'nan' is not a finite number")
+def _(tmp, good):
+    from mmaudio.evaluation.proxies import read_event_times
+
+    write_tsv(tmp / "ok.tsv", ("id", "kind", "time_sec"), [{"id": "a", "kind": "impact", "time_sec": "1.5"}])
+    assert read_event_times(tmp / "ok.tsv")["a"].tolist() == [1.5]
+    write_tsv(tmp / "events.tsv", ("id", "kind", "time_sec"),
+              [{"id": "a", "kind": "impact", "time_sec": "1.5"}, {"id": "b", "kind": "impact", "time_sec": "nan"}])
+    return raised(lambda: read_event_times(tmp / "events.tsv"), TableError)
+
+
+@case("file name with an escape character on disk", "media", "rejected", "a\x1bb.wav",
+      r".*/audio/a\x1bb\.wav: id 'a\\x1bb' contains control or invisible characters \(U\+001B\)")
+def _(tmp, good):
+    return partition_beside_good(tmp, good, "a\x1bb.wav", lambda p: shutil.copy(good.wav, p))
+
+
+@case("file name of 250 bytes on disk", "media", "rejected", "y" * 246 + ".wav",
+      r".*/audio/y+\.wav: id of 246 bytes is longer than 240 bytes \(starts 'y+'\)")
+def _(tmp, good):
+    return partition_beside_good(tmp, good, "y" * 246 + ".wav", lambda p: shutil.copy(good.wav, p))
+
+
+@case("two files whose names differ only in Unicode normalisation", "media", "rejected", "caf\u00e9.wav",
+      r"duplicate id 'caf\xe9': cafe\u0301\.wav has a stem that looks the same \(Unicode NFKC\)")
+def _(tmp, good):
+    folder = tmp / "audio"
+    gen.copy_into(good.wav, folder, "good_wav.wav")
+    gen.copy_into(good.wav, folder, "caf\u00e9.wav")
+    gen.copy_into(good.flac, folder, "cafe\u0301.flac".replace(".flac", ".wav"))
+    res = partition_folder(folder, PartitionConfig())
+    assert sorted(c["id"] for c in res.clips) == ["cafe\u0301_0", "good_wav_0"], [c["id"] for c in res.clips]
+    (rid, reason), = res.rejects
+    return Outcome("rejected", rid, reason)
+
+
+# -- output paths and shared feature sets (issue 16 items 1-3) -------------------------------------------------
+
+
+def paths_beside_good(tmp: Path, writes: dict[str, str]) -> Outcome:
+    """The stages' output check (shipped params.yaml, ``writes`` set as overrides); the shipped
+    outputs must pass. Nothing is written: the check runs before any work."""
+    from mmaudio.examples import example_products
+    from mmaudio.paths import OutputPathError, check_stage_paths
+
+    shipped = load_params(root=REPO)
+    assert check_stage_paths(shipped, {"examples.out_dir": shipped.examples.out_dir}, root=REPO, products=example_products(shipped))
+    assert check_stage_paths(shipped, {"extract.out_dir": f"{shipped.extract.out_dir}/examples_audio"}, root=REPO)
+    params = load_params([f"{k}={v}" for k, v in writes.items() if k == "examples.out_dir"], root=REPO)
+    products = example_products(params) if "examples.out_dir" in writes else None
+    return raised(lambda: check_stage_paths(params, writes, root=REPO, products=products), OutputPathError)
+
+
+_OP = "raised", "OutputPathError"
+
+
+@case("examples.out_dir= (empty: the current folder)", "paths", *_OP, r"key 'examples\.out_dir' is '': an output must be .*")
+def _(tmp, good):
+    return paths_beside_good(tmp, {"examples.out_dir": ""})
+
+
+@case("examples.out_dir=. ", "paths", *_OP, r"key 'examples\.out_dir' is '\.': an output must be .*")
+def _(tmp, good):
+    return paths_beside_good(tmp, {"examples.out_dir": "."})
+
+
+@case("train.out_dir=.. (a parent of the repository)", "paths", *_OP,
+      r"key 'train\.out_dir' = '\.\.' is the repository root, the current folder or a parent of them \(.*\)")
+def _(tmp, good):
+    return paths_beside_good(tmp, {"train.out_dir": ".."})
+
+
+@case("examples.out_dir=data (holds the datasets' media)", "paths", *_OP,
+      r"key 'examples\.out_dir' = 'data' contains input 'audio_datasets\.examples_audio\.media_dir' \(.*\); refusing to write over it")
+def _(tmp, good):
+    return paths_beside_good(tmp, {"examples.out_dir": "data"})
+
+
+@case("extract.out_dir/<name> equal to the dataset's media folder", "paths", *_OP,
+      r"key 'extract\.out_dir' = 'data/examples/audio' is input 'audio_datasets\.examples_audio\.media_dir' \(.*\); refusing to write over it")
+def _(tmp, good):
+    return paths_beside_good(tmp, {"extract.out_dir": "data/examples/audio"})
+
+
+@case("tiny_weights.out_dir=ext_weights (the official files)", "paths", *_OP,
+      r"key 'tiny_weights\.out_dir' = 'ext_weights' is the official weights folder \(.*\); refusing to write over it")
+def _(tmp, good):
+    return paths_beside_good(tmp, {"tiny_weights.out_dir": "ext_weights"})
+
+
+@case("evaluate.out_dir inside .git", "paths", *_OP, r"key 'evaluate\.out_dir' = '\.git/x' lies inside .*/\.git")
+def _(tmp, good):
+    return paths_beside_good(tmp, {"evaluate.out_dir": ".git/x"})
+
+
+@case("index_tsv equal to the list TSV it reads", "paths", *_OP,
+      r"key 'video_datasets\.examples_train\.index_tsv' = 'data/examples/video_train\.tsv' is input "
+      r"'video_datasets\.examples_train\.list_tsv' \(.*\); refusing to write over it")
+def _(tmp, good):
+    return paths_beside_good(tmp, {"video_datasets.examples_train.index_tsv": "data/examples/video_train.tsv"})
+
+
+@case("clips_tsv equal to rejects_tsv", "paths", *_OP,
+      r"keys 'a\.clips_tsv' and 'a\.rejects_tsv' overlap \(.*\); each output needs its own path")
+def _(tmp, good):
+    return paths_beside_good(tmp, {"a.clips_tsv": "data/clips/x.tsv", "a.rejects_tsv": "data/clips/x.tsv"})
+
+
+@case("generate_examples onto a folder holding other files", "paths", *_OP,
+      r"example set '.*/mine': .*/mine holds entries this stage does not write \(thesis\.tex\); refusing to replace it\. .*")
+def _(tmp, good):
+    from mmaudio.examples import generate_examples
+    from mmaudio.paths import OutputPathError
+
+    (tmp / "mine").mkdir()
+    (tmp / "mine" / "thesis.tex").write_text("\\section{}")
+    out = raised(lambda: generate_examples(tmp / "mine"), OutputPathError)
+    assert (tmp / "mine" / "thesis.tex").is_file()
+    return out
+
+
+def _feature_set(tmp: Path) -> Path:
+    from mmaudio.features import write_feature_set
+
+    shapes = {"mean": (250, 20), "std": (250, 20), "text_features": (77, 1024)}
+    return write_feature_set(tmp / "fs", mode="16k", kind="audio", ids=["a"], texts=["x"],
+                             tensors={k: torch.zeros(1, *s) for k, s in shapes.items()})
+
+
+@case("feature set with a pickled NonTensorData entry running os.system", "features", "raised", "FeatureSetError",
+      r".*/fs: cannot open the memmap in td/ \(unexpected entries \['other/'\]: .*\); refused without loading it; marker file not created")
+def _(tmp, good):
+    from tensordict import NonTensorData, TensorDict
+
+    from mmaudio.features import FeatureSet, FeatureSetError
+
+    out = _feature_set(tmp)
+    assert FeatureSet.open(out).ids == ["a"]
+    marker = tmp / "PWNED"
+    td = TensorDict.load_memmap(out / "td")
+    entries = {k: td[k].clone() for k in td.keys()} | {"other": NonTensorData(gen.ShellOnUnpickle(marker), batch_size=[1])}
+    shutil.rmtree(out / "td")
+    TensorDict(entries, batch_size=[1]).memmap_(prefix=out / "td")
+    obs = raised(lambda: FeatureSet.open(out), FeatureSetError)
+    return Outcome(obs.kind, obs.subject, obs.message + ("; marker file CREATED" if marker.exists() else "; marker file not created"))
+
+
+@case("feature set whose meta.json names a class to import", "features", "raised", "FeatureSetError",
+      r".*/fs: cannot open the memmap in td/ \(meta\.json names class 'os:system', not a plain TensorDict\); refused without loading it")
+def _(tmp, good):
+    import json
+
+    from mmaudio.features import FeatureSet, FeatureSetError
+
+    out = _feature_set(tmp)
+    meta = json.loads((out / "td" / "meta.json").read_text())
+    (out / "td" / "meta.json").write_text(json.dumps({**meta, "_class": "os:system"}))
+    return raised(lambda: FeatureSet.open(out), FeatureSetError)
+
+
+@case("feature set memmap truncated to half (reading would SIGBUS)", "features", "raised", "FeatureSetError",
+      r".*/fs: cannot open the memmap in td/ \(std\.memmap holds 10000 bytes, its shape \[1, 250, 20\] and dtype need 20000\); refused without loading it")
+def _(tmp, good):
+    from mmaudio.features import FeatureSet, FeatureSetError
+
+    out = _feature_set(tmp)
+    os.truncate(out / "td" / "std.memmap", 10000)
+    return raised(lambda: FeatureSet.open(out), FeatureSetError)
 
 
 # -- params -----------------------------------------------------------------------------------------------
