@@ -3,7 +3,7 @@
     python bench/content_hash.py [--files 64] [--mb 8] [--threads 1 4 8] [--workdir DIR]
 
 Writes ``--files`` random files of ``--mb`` MB (page cache warm after the first pass, as on a rerun
-of a stage), then times :class:`mmaudio.extraction.ContentHashes` over them with each thread count
+of a stage), then times :class:`mmaudio.extraction.shards.ContentHashes` over them with each thread count
 (a fresh cache per pass, so every file is read and hashed). Prints: threads | files | MB | s | MB/s.
 The old size + mtime fingerprint read no bytes; this is the price of never reusing stale features.
 """
@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mmaudio.extraction import ContentHashes
+from mmaudio.extraction.shards import ContentHashes
 
 
 def main() -> None:

@@ -329,7 +329,7 @@ def train_tiny_codec(
     """
     from mmaudio.encoders import profiles
     from mmaudio.encoders.bigvgan import CHECKPOINT_KEY, HF_WEIGHTS_NAME, build_vocoder, load_vocoder, save_vocoder
-    from mmaudio.encoders.facade import CLIP_SAMPLES
+    from mmaudio.modes import mode_spec
     from mmaudio.encoders.tiny import file_seed
     from mmaudio.encoders.vae import load_vae, save_vae
     from mmaudio.weights import load_state_dict_strict, load_weight_file
@@ -344,7 +344,7 @@ def train_tiny_codec(
             vae = load_vae(vae_file, tiny.vae[mode])
             mel = MelConverter(vae.preset.mel)
             rate = mel.preset.sample_rate
-            audio = load_codec_audio(examples_dir, rate, CLIP_SAMPLES[mode])
+            audio = load_codec_audio(examples_dir, rate, mode_spec(mode).num_audio_samples)
             log.info("codec %s: %d training files (%.0f s), %d test clips", mode, len(audio.train),
                      sum(w.shape[-1] for w in audio.train) / rate, len(audio.test))
 

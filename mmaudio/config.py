@@ -19,6 +19,9 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from mmaudio.choices import Device, ExtractorPreset, Profile, Schedule, Solver, StorageDtype, choice_values
+from mmaudio.modes import AudioMode
+
 PARAMS_FILE = "params.yaml"
 
 
@@ -114,7 +117,7 @@ class IndexConfig:
 class ExtractConfig:
     """Feature extraction (stages `extract_audio@<dataset>`, `extract_video@<dataset>`)."""
 
-    mode: str = "16k"  # 16k | 44k: audio rate, clip length in samples and latent shape
+    mode: str = "16k"  # mmaudio.modes.AudioMode: audio rate, clip length in samples and latent shape
     storage_dtype: str = "float32"  # float32 (upstream's format) | bfloat16 (half the disk)
     batch_size: int = 8  # clips per encoder call, per process
     num_workers: int = 2  # decoding processes per extraction process; 0 decodes in the process itself
@@ -140,7 +143,7 @@ class EmaConfig:
 class TrainConfig:
     """The flow network's training (stage `train`); defaults are upstream's recipe for small_16k."""
 
-    network: str = "small_16k"  # preset in mmaudio.model.network.NETWORK_PRESETS; its mode must match the data
+    network: str = "small_16k"  # preset in mmaudio.model.presets.NETWORK_PRESETS; its mode must equal extract.mode
     datasets: dict[str, int] = field(default_factory=dict)  # feature set name -> repeat factor per epoch
     val_dataset: str | None = None  # feature set for the validation loss; null: no validation
     latent_stats_dataset: str | None = None  # latent mean/std source; null: the first video set in datasets
@@ -221,7 +224,7 @@ class Params:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
-PROFILES = ("tiny", "official")
+PROFILES = choice_values(Profile)
 
 
 def find_repo_root(start: str | os.PathLike | None = None) -> Path:
@@ -298,6 +301,7 @@ def _check_values(p: Params, source: str) -> None:
         raise ConfigError(f"{source}: key 'partition.segment_sec' must be > 0, got {p.partition.segment_sec}")
     _check_extract(p.extract, source)
     _check_train(p, source)
+    _check_network_mode(p, source)
     _check_evaluate(p.evaluate, source)
     _check_examples_and_codec(p, source)
     if p.partition.min_duration_sec < p.partition.segment_sec:
@@ -342,7 +346,7 @@ def _check_dataset_name(name: str, source: str) -> None:
         raise ConfigError(f"{source}: dataset name {name!r} must not start with '.' (hidden, and the temp folders' prefix)")
 
 
-EXTRACT_CHOICES = {"mode": ("16k", "44k"), "storage_dtype": ("float32", "bfloat16"), "device": ("auto", "cpu", "cuda")}
+EXTRACT_CHOICES = {"mode": choice_values(AudioMode), "storage_dtype": choice_values(StorageDtype), "device": choice_values(Device)}
 
 
 def _check_extract(e: ExtractConfig, source: str) -> None:
@@ -354,7 +358,7 @@ def _check_extract(e: ExtractConfig, source: str) -> None:
             raise ConfigError(f"{source}: key 'extract.{key}' must be >= {low}, got {getattr(e, key)}")
 
 
-TRAIN_CHOICES = {"schedule": ("step", "constant", "cosine"), "device": ("auto", "cpu", "cuda")}
+TRAIN_CHOICES = {"schedule": choice_values(Schedule), "device": choice_values(Device)}
 
 
 def _check_train(p: Params, source: str) -> None:
@@ -395,9 +399,27 @@ def _check_train(p: Params, source: str) -> None:
         raise ConfigError(f"{source}: key 'train.ema.snapshot_every' must be >= 1, got {t.ema.snapshot_every}")
 
 
+def _check_network_mode(p: Params, source: str) -> None:
+    # Training takes the mode from the network preset, extraction and evaluation from extract.mode:
+    # features of one mode fed to a network of the other would fail late or, worse, not at all.
+    from mmaudio.model.presets import NETWORK_PRESETS  # the registry is the one fact of a preset's mode
+
+    preset = NETWORK_PRESETS.get(p.train.network)
+    if preset is None:
+        raise ConfigError(
+            f"{source}: key 'train.network' ({p.train.network!r}) is not a known network preset "
+            f"(known: {sorted(NETWORK_PRESETS)})"
+        )
+    if preset.mode != p.extract.mode:
+        raise ConfigError(
+            f"{source}: key 'train.network' ({p.train.network!r}, mode {preset.mode}) does not match "
+            f"key 'extract.mode' ({p.extract.mode!r}); pick a {p.extract.mode} preset or set extract.mode={preset.mode}"
+        )
+
+
 def _check_evaluate(e: EvaluateConfig, source: str) -> None:
-    for key, choices in (("solver", ("euler", "adaptive")), ("device", ("auto", "cpu", "cuda")),
-                         ("extractor_preset", ("official", "tiny"))):
+    for key, choices in (("solver", choice_values(Solver)), ("device", choice_values(Device)),
+                         ("extractor_preset", choice_values(ExtractorPreset))):
         if getattr(e, key) not in choices:
             raise ConfigError(f"{source}: key 'evaluate.{key}' must be one of {choices}, got {getattr(e, key)!r}")
     for key, low in (("num_steps", 1), ("batch_size", 1), ("num_logged_samples", 0)):

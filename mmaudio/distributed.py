@@ -16,7 +16,8 @@ from typing import NamedTuple
 import torch
 import torch.distributed as dist
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
+from mmaudio.choices import Device, check_choice
+
 
 
 class DistContext(NamedTuple):
@@ -44,8 +45,7 @@ def _env_int(name: str, default: int) -> int:
 
 def resolve_device(device: str, local_rank: int = 0) -> torch.device:
     """'auto' -> the local GPU if there is one, else CPU; 'cuda' -> this process's GPU."""
-    if device not in DEVICE_CHOICES:
-        raise ValueError(f"device must be one of {DEVICE_CHOICES}, got {device!r}")
+    device = check_choice(Device, device, "device")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":

@@ -28,16 +28,13 @@ from typing import Literal
 import torch
 
 from mmaudio.paths import NoSpaceError, check_free_space, check_replaceable, remove_stale_siblings, replace_dir
+from mmaudio.choices import StorageDtype, choice_values
+from mmaudio.modes import AudioMode, mode_spec
 from mmaudio.tables import TableError, read_tsv, write_rejects, write_tsv
 
-Mode = Literal["16k", "44k"]
 Kind = Literal["video", "audio"]
 
-LATENT_SHAPES: dict[str, tuple[int, int]] = {"16k": (250, 20), "44k": (345, 40)}
-TEXT_SHAPE = (77, 1024)
-CLIP_SHAPE = (64, 1024)
-SYNC_SHAPE = (192, 768)
-STORAGE_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+STORAGE_DTYPES: dict[str, torch.dtype] = {StorageDtype.FLOAT32.value: torch.float32, StorageDtype.BFLOAT16.value: torch.bfloat16}
 TEXT_COLUMN: dict[str, str] = {"video": "label", "audio": "caption"}
 
 TD_DIR, SAMPLES_TSV, REJECTS_TSV, INFO_JSON = "td", "samples.tsv", "rejects.tsv", "info.json"
@@ -49,18 +46,19 @@ class FeatureSetError(ValueError):
 
 def feature_shapes(mode: str, kind: str) -> dict[str, tuple[int, ...]]:
     """Per-sample shape of every key for ``mode`` ('16k'/'44k') and ``kind`` ('video'/'audio')."""
-    if mode not in LATENT_SHAPES:
-        raise ValueError(f"unknown mode {mode!r}; expected one of {sorted(LATENT_SHAPES)}")
+    if mode not in set(AudioMode):
+        raise ValueError(f"unknown mode {mode!r}; expected one of {choice_values(AudioMode)}")
     if kind not in TEXT_COLUMN:
         raise ValueError(f"unknown kind {kind!r}; expected one of {sorted(TEXT_COLUMN)}")
+    spec = mode_spec(mode)
     shapes: dict[str, tuple[int, ...]] = {
-        "mean": LATENT_SHAPES[mode],
-        "std": LATENT_SHAPES[mode],
-        "text_features": TEXT_SHAPE,
+        "mean": spec.latent_shape,
+        "std": spec.latent_shape,
+        "text_features": spec.text_shape,
     }
     if kind == "video":
-        shapes["clip_features"] = CLIP_SHAPE
-        shapes["sync_features"] = SYNC_SHAPE
+        shapes["clip_features"] = spec.clip_shape
+        shapes["sync_features"] = spec.sync_shape
     return shapes
 
 

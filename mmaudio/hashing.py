@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 _CHUNK = 1 << 20
@@ -43,3 +44,18 @@ def dvc_hash(path: str | os.PathLike) -> str:
     if p.is_file():
         return file_md5(p)
     raise FileNotFoundError(f"cannot hash {p}: no such file or directory")
+
+
+def relpath(path: str | os.PathLike, root: Path) -> str:
+    """``path`` relative to ``root`` (POSIX), or its absolute path when it lies outside ``root``."""
+    p = Path(path).resolve()
+    try:
+        return p.relative_to(root).as_posix()
+    except ValueError:
+        return p.as_posix()
+
+
+def input_hashes(paths: Iterable[str | os.PathLike], root: Path) -> dict[str, str]:
+    """``{path relative to root: dvc_hash}`` of every input: what a run's identity (the train stage's
+    run key) and its MLflow record (``data.in.<path>``) are both computed from."""
+    return {relpath(p, root): dvc_hash(p) for p in paths}

@@ -49,6 +49,8 @@ import torch
 import torch.nn.functional as F
 import torchaudio
 
+from mmaudio.modes import model_sample_rates
+
 # torchaudio's "kaiser_best" settings, as upstream resamples (DESIGN.md).
 RESAMPLE_LOWPASS_FILTER_WIDTH = 64
 RESAMPLE_ROLLOFF = 0.9475937167399596
@@ -57,7 +59,6 @@ RESAMPLE_BETA = 14.769656459379492
 MAX_FRAME_PIXELS = 8192 * 4320  # DCI 8K; one such RGB frame is 106 MB
 MIN_AUDIO_RATE = 4000  # Hz; lower claims are broken headers (telephony, the lowest real rate, is 8 kHz)
 MAX_AUDIO_RATE = 768_000  # Hz; the highest rate studio formats use
-MODEL_AUDIO_RATES = (16000, 44100)  # what the 16k and 44k modes resample every file to
 MAX_RESAMPLE_KERNEL = 2**25  # kernel entries (built in float64: ~1.3 GB of temporaries at the limit)
 # How far past a video clip's start its audio track is decoded for the normalisation peak. Upstream
 # takes the peak of the whole track; its clips (VGGSound) are 10 s, well inside this. A video with an
@@ -177,8 +178,10 @@ def resample_kernel_entries(orig_rate: int, target_rate: int) -> int:
     return new * (orig + 2 * width)
 
 
-def check_audio_rate(path: str | os.PathLike, rate: int, targets: Sequence[int] = MODEL_AUDIO_RATES) -> None:
-    """Raise :class:`MediaLimitError` unless ``rate`` is plausible and cheap to resample to ``targets``."""
+def check_audio_rate(path: str | os.PathLike, rate: int, targets: Sequence[int] | None = None) -> None:
+    """Raise :class:`MediaLimitError` unless ``rate`` is plausible and cheap to resample to ``targets``
+    (default: every mode's rate, :func:`mmaudio.modes.model_sample_rates`)."""
+    targets = model_sample_rates() if targets is None else targets
     if not MIN_AUDIO_RATE <= rate <= MAX_AUDIO_RATE:
         raise MediaLimitError(path, f"sample rate {rate} Hz is outside {MIN_AUDIO_RATE}..{MAX_AUDIO_RATE} Hz")
     for target in sorted(set(targets)):
@@ -537,7 +540,7 @@ class _AudioWindow:
     def add(self, frame: av.AudioFrame) -> None:
         if self._resampler is None:
             self.sample_rate = frame.sample_rate
-            check_audio_rate(self.path, self.sample_rate, (*MODEL_AUDIO_RATES, self.target_rate))
+            check_audio_rate(self.path, self.sample_rate, (*model_sample_rates(), self.target_rate))
             self.start = _timestamp(frame)
             # same rate and layout; only the sample format changes to packed float (see _AudioCollector)
             self._resampler = av.AudioResampler(format="flt", layout=frame.layout, rate=frame.sample_rate)
@@ -720,7 +723,7 @@ def load_video_clip(
             native_rate = audio.sample_rate
             if audio.received == 0:
                 raise MediaUnreadableError(name, "audio stream decodes to no samples")
-            check_audio_rate(name, native_rate, (*MODEL_AUDIO_RATES, audio_rate))
+            check_audio_rate(name, native_rate, (*model_sample_rates(), audio_rate))
             native = torch.from_numpy(audio.samples())
             wave = resample(native, native_rate, audio_rate)
             if wave.shape[0] < need:
@@ -819,7 +822,6 @@ __all__ = [
     "MAX_RESAMPLE_KERNEL",
     "MIN_AUDIO_RATE",
     "MAX_AUDIO_RATE",
-    "MODEL_AUDIO_RATES",
     "MediaInfo",
     "MediaLimitError",
     "MediaMissingError",

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from mmaudio.choices import PROFILE_ROOTS, Profile
 from mmaudio.config import ConfigError, Params, find_repo_root
 
 REPO_MARKERS = (".git", ".dvc", "params.yaml")  # a folder holding one of these is a repository root
@@ -51,15 +52,11 @@ def _show(path: str | os.PathLike) -> str:
 
 
 def official_weights_dir(root: Path) -> Path:
-    from mmaudio.encoders.profiles import get_profile
-
-    return (root / get_profile("official").root).resolve()
+    return (root / PROFILE_ROOTS[Profile.OFFICIAL]).resolve()
 
 
 def tiny_weights_dir(root: Path) -> Path:
-    from mmaudio.encoders.profiles import get_profile
-
-    return (root / get_profile("tiny").root).resolve()
+    return (root / PROFILE_ROOTS[Profile.TINY]).resolve()
 
 
 def pipeline_sources(params: Params) -> dict[str, str]:

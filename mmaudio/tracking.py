@@ -39,13 +39,14 @@ from pathlib import Path
 from typing import Any
 
 from mmaudio.config import Params, find_repo_root, to_flat_dict
-from mmaudio.hashing import dvc_hash
+from mmaudio.hashing import dvc_hash, input_hashes, relpath
 
 log = logging.getLogger(__name__)
 
 DB_NAME = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 SPOOL_DIR = "mlflow_spool"
+MLFLOW_PARENT_RUN_ID = "mlflow.parentRunId"  # MLflow's own tag for a nested (child) run
 INCOMPLETE_TAG = "mmaudio.tracking.incomplete"  # set on a run whose records arrived late (replayed)
 _EXIT_ATTEMPTS = 3  # tries to send the spool when the stage ends, RETRY_S apart (at most 5 s)
 _MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
@@ -93,14 +94,6 @@ def git_state(repo: Path) -> dict[str, str]:
         "git.dirty": str(bool(changed)).lower(),
         "git.changed": ",".join(changed)[:_MAX_PARAM_CHARS] if changed else "",
     }
-
-
-def relpath(path: str | os.PathLike, root: Path) -> str:
-    p = Path(path).resolve()
-    try:
-        return p.relative_to(root).as_posix()
-    except ValueError:
-        return p.as_posix()
 
 
 class TrackingUnreachable(RuntimeError):
@@ -199,10 +192,16 @@ class _Sender:
         if op["resume_run_id"]:
             self.run_id = op["resume_run_id"]
             c.update_run(self.run_id, status="RUNNING")
-        else:
-            # the same default tags (user, source, git) as mlflow.start_run would add
-            run = c.create_run(exp_id, start_time=op["time_ms"], run_name=op["run_name"], tags=resolve_tags({}))
-            self.run_id = run.info.run_id
+            return
+        # the same default tags (user, source, git) as mlflow.start_run would add
+        tags = resolve_tags({})
+        parent = op.get("parent_run_id")
+        if parent:
+            # the UI nests a run under the one this tag names, within that run's experiment
+            exp_id = c.get_run(parent).info.experiment_id
+            tags[MLFLOW_PARENT_RUN_ID] = parent
+        run = c.create_run(exp_id, start_time=op["time_ms"], run_name=op["run_name"], tags=tags)
+        self.run_id = run.info.run_id
 
     def _input(self, op: Mapping[str, Any]) -> None:
         from mlflow.data.meta_dataset import MetaDataset
@@ -219,6 +218,10 @@ class StageRun:
 
     On ranks other than 0 every method is a no-op, so callers never branch on rank. A store that
     cannot be reached never raises here: see the module docstring.
+
+    ``run_id`` logs into an existing run (its params stay as they are: MLflow params are write-once).
+    ``parent_run_id`` starts a new run nested under that one, with this stage's own params: the
+    evaluate stage records each evaluation's settings this way beside the training run's.
     """
 
     def __init__(
@@ -229,18 +232,25 @@ class StageRun:
         inputs: Sequence[str | os.PathLike] = (),
         rank: int = 0,
         run_id: str | None = None,
+        parent_run_id: str | None = None,
         extra_params: Mapping[str, Any] | None = None,
+        hashes: Mapping[str, str] | None = None,
     ):
+        if run_id is not None and parent_run_id is not None:
+            raise ValueError(f"stage {stage}: a run is either resumed (run_id) or nested (parent_run_id), not both")
         self.stage = stage
         self.params = params
         self.inputs = list(inputs)
         self.is_rank0 = rank == 0
         self.active = self.is_rank0 and params.tracking.enabled
         self.resume_run_id = run_id
+        self.parent_run_id = parent_run_id
         self.extra_params = dict(extra_params or {})
         self.workspace = find_repo_root()
         self.run_id: str | None = None
-        self.hashes: dict[str, str] = {}
+        # content hashes of inputs the caller already computed with mmaudio.hashing.input_hashes (the
+        # train stage's run key needs them before the run starts): not hashed a second time
+        self.hashes: dict[str, str] = dict(hashes or {})
         self.spool: Path | None = None  # the spool file while something is unsent
         self.incomplete = False  # True after exit if records could not be sent
         self.deferred = 0  # operations that went through the spool in this run
@@ -253,9 +263,6 @@ class StageRun:
 
     def __enter__(self) -> "StageRun":
         if not self.active:
-            if self.is_rank0:
-                # with tracking off the input hashes are still needed (the train stage's run key)
-                self.hashes.update({relpath(p, self.workspace): dvc_hash(p) for p in self.inputs})
             return self
         uri, is_default = resolve_tracking_uri(self.params.tracking.uri)
         self._uri = uri
@@ -265,7 +272,8 @@ class StageRun:
         self._submit({
             "op": "start", "experiment": self.params.tracking.experiment, "run_name": run_name,
             "artifact_location": (tracking_root() / ARTIFACTS_DIR).as_uri() if is_default else None,
-            "resume_run_id": self.resume_run_id, "time_ms": int(time.time() * 1000),
+            "resume_run_id": self.resume_run_id, "parent_run_id": self.parent_run_id,
+            "time_ms": int(time.time() * 1000),
         })
         self.run_id = self._sender.run_id
         tags = {
@@ -425,11 +433,12 @@ class StageRun:
                       "artifact_path": artifact_path})
 
     def _log_paths(self, paths, direction: str) -> dict[str, str]:
+        known = self.hashes if direction == "in" else {}
+        computed = input_hashes([p for p in paths if relpath(p, self.workspace) not in known], self.workspace)
         logged: dict[str, str] = {}
         for p in paths:
             rel = relpath(p, self.workspace)
-            digest = dvc_hash(p)  # computed here whatever the store does: the run key depends on it
-            logged[rel] = digest
+            digest = logged[rel] = known[rel] if rel in known else computed[rel]
             self._submit({"op": "params", "data": {f"data.{direction}.{rel}": digest}})
             self._submit({"op": "input", "name": rel, "digest": digest, "source": str(Path(p).resolve()),
                           "context": "input" if direction == "in" else "output"})

@@ -2,17 +2,13 @@
 
     torchrun --standalone --nproc_per_node=1 stages/evaluate.py [evaluate.solver=adaptive ...]
 
-Reads <train.out_dir>/weights.pth and logs every score into the training run (the id in
-<train.out_dir>/mlflow_run_id.txt). Writes <evaluate.out_dir>/: samples/, baseline_samples/, gt/
+Reads <train.out_dir>/weights.pth; logs the scores and this evaluation's params into an MLflow run
+nested under the training run (the id in <train.out_dir>/mlflow_run_id.txt), the scores also into
+the training run. Writes <evaluate.out_dir>/: samples/, baseline_samples/, gt/
 (FLAC at the model rate) and scores.json (DVC metrics; the untrained network's scores as baseline_*).
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmaudio.cli import parse_stage_args, setup_logging
 from mmaudio.distributed import cleanup_distributed, init_distributed

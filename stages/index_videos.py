@@ -8,10 +8,6 @@ Writes the dataset's index_tsv (usable rows with stream facts) and rejects_tsv (
 from __future__ import annotations
 
 import logging
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmaudio.cli import parse_stage_args, setup_logging
 from mmaudio.config import ConfigError

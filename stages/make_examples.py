@@ -6,10 +6,6 @@
 from __future__ import annotations
 
 import logging
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
 from mmaudio.cli import parse_stage_args, setup_logging
 from mmaudio.examples import example_products, generate_examples

@@ -8,10 +8,6 @@ Writes the dataset's clips_tsv (`id, name, start_sample, end_sample`) and reject
 from __future__ import annotations
 
 import logging
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmaudio.cli import parse_stage_args, setup_logging
 from mmaudio.config import ConfigError

@@ -15,10 +15,7 @@ the same formats; their round-trip scores are logged. A killed run resumes from 
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
 from mmaudio.cli import parse_stage_args, setup_logging
 from mmaudio.codec_training import train_tiny_codec

@@ -11,15 +11,11 @@ metrics.json, loss.tsv, mlflow_run_id.txt.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from mmaudio.cli import parse_stage_args, setup_logging
 from mmaudio.distributed import cleanup_distributed, init_distributed
 from mmaudio.paths import check_stage_paths
-from mmaudio.training.train import feature_dir, train
+from mmaudio.train_stage import train
+from mmaudio.training.train import feature_dir
 
 
 def main(argv=None) -> None:

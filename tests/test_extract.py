@@ -20,7 +20,30 @@ import pytest
 import torch
 import yaml
 
-from mmaudio.clip_sources import (
+from mmaudio.config import AudioDatasetConfig, ConfigError, ExtractConfig, load_params
+from mmaudio.distributed import DistContext
+from mmaudio.encoders.feature_encoders import FeatureEncoders
+from mmaudio.encoders.tiny import write_tiny_weights
+from mmaudio.extraction.jobs import audio_job, encoder_factory, encoder_weight_paths, run_job, video_job
+from mmaudio.extraction.pipeline import DeviceBatches, ShardSaver, decode_plan
+from mmaudio.extraction.settings import ExtractResult
+from mmaudio.modes import mode_spec
+from mmaudio.extraction.shards import (
+    Shard,
+    ShardManifest,
+    ShardStore,
+    batches_of,
+    plan_shards,
+    shard_fingerprint,
+    shards_of_rank,
+    work_dir_for,
+)
+from mmaudio.features import FeatureSet, feature_shapes
+from mmaudio.hashing import dvc_hash
+from mmaudio.media import load_video_clip
+from mmaudio.media_index import INDEX_COLUMNS, index_video_list
+from mmaudio.partition import CLIP_COLUMNS, partition_folder
+from mmaudio.segments import (
     AudioClipDataset,
     ClipBatch,
     ClipRow,
@@ -31,35 +54,6 @@ from mmaudio.clip_sources import (
     collate_clips,
     merge_batches,
 )
-from mmaudio.config import AudioDatasetConfig, ConfigError, ExtractConfig, load_params
-from mmaudio.distributed import DistContext
-from mmaudio.encoders.facade import FeatureEncoders
-from mmaudio.encoders.tiny import write_tiny_weights
-from mmaudio.extraction import (
-    AUDIO_SPECS,
-    DeviceBatches,
-    ExtractResult,
-    Shard,
-    ShardManifest,
-    ShardSaver,
-    ShardStore,
-    audio_job,
-    batches_of,
-    decode_plan,
-    encoder_factory,
-    encoder_weight_paths,
-    plan_shards,
-    run_job,
-    shard_fingerprint,
-    shards_of_rank,
-    video_job,
-    work_dir_for,
-)
-from mmaudio.features import FeatureSet, feature_shapes
-from mmaudio.hashing import dvc_hash
-from mmaudio.media import load_video_clip
-from mmaudio.media_index import INDEX_COLUMNS, index_video_list
-from mmaudio.partition import CLIP_COLUMNS, partition_folder
 from mmaudio.tables import read_tsv, write_rejects, write_tsv
 
 REPO = Path(__file__).resolve().parents[1]
@@ -158,6 +152,7 @@ def project(tmp_path_factory, examples_dir) -> Path:
         "video_datasets": {name: video_ds(ex / "video", name, True) for name in listed} | {"bad": video_ds(bad, "bad", True)},
         # every key, so that tests can override any of them
         "extract": {**dataclasses.asdict(ExtractConfig()), "device": "cpu", "num_workers": 0, "batch_size": 2, "shard_size": 4, "out_dir": "features"},
+        "train": {"network": "tiny_16k"},  # a preset of extract.mode (config checks them against each other)
         "tracking": {"uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "test"},
     }
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -367,7 +362,7 @@ def test_video_clips_decoded_by_several_workers_give_the_one_process_result(proj
 
 @pytest.mark.parametrize("mode", ["16k", "44k"])
 def test_audio_feature_set_contract_and_values(project, mode, monkeypatch):
-    fs, result = _run(project, "audio", "audio", f"extract.mode={mode}", f"extract.out_dir=audio_{mode}", monkeypatch=monkeypatch)
+    fs, result = _run(project, "audio", "audio", f"extract.mode={mode}", f"train.network=tiny_{mode}", f"extract.out_dir=audio_{mode}", monkeypatch=monkeypatch)
     clips = read_tsv(project / "data/clips.tsv", CLIP_COLUMNS)
     captions = {r["id"]: r["caption"] for r in read_tsv(Path(load_params(root=project).audio_datasets["audio"].captions_tsv), ("id", "caption"))}
     assert fs.ids == sorted(c["id"] for c in clips) and len(fs) == 10
@@ -380,11 +375,11 @@ def test_audio_feature_set_contract_and_values(project, mode, monkeypatch):
     assert result.clips == 10 and result.new_rejects == 0 and len(result.rejects) == 1
 
     # The stored row equals the encoders applied to upstream's clip: normalised file, cut, resampled.
-    spec = AUDIO_SPECS[mode]
+    spec = mode_spec(mode)
     rows = audio_rows(load_params(root=project).audio_datasets["audio"]).rows
     i = fs.ids.index("tone_000_1")  # 48 kHz stereo: resampled and downmixed
-    item = AudioClipDataset(rows, sample_rate=spec.sample_rate, num_samples=spec.num_samples)[i]
-    assert isinstance(item, Decoded) and item.audio.shape == (spec.num_samples,)
+    item = AudioClipDataset(rows, sample_rate=spec.sample_rate, num_samples=spec.num_audio_samples)[i]
+    assert isinstance(item, Decoded) and item.audio.shape == (spec.num_audio_samples,)
     assert 0.5 < float(item.audio.abs().max()) < 1.0  # the whole file peaks at 0.95
     enc = FeatureEncoders("tiny", mode, root=project, components=("audio", "text"))
     torch.set_num_threads(1)
@@ -396,12 +391,12 @@ def test_audio_feature_set_contract_and_values(project, mode, monkeypatch):
     torch.testing.assert_close(fs.td["std"][i], std[0], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(fs.td["text_features"][i], text[0], rtol=1e-4, atol=1e-5)
     info = (fs.path / "info.json").read_text()
-    assert f'"mode": "{mode}"' in info and '"profile": "tiny"' in info and f'"num_samples": {spec.num_samples}' in info
+    assert f'"mode": "{mode}"' in info and '"profile": "tiny"' in info and f'"num_samples": {spec.num_audio_samples}' in info
 
 
 @pytest.mark.parametrize("mode,dataset", [("16k", "two"), ("44k", "one")])  # few videos: decoding dominates
 def test_video_feature_set_contract_and_values(project, mode, dataset, monkeypatch):
-    fs, result = _run(project, "video", dataset, f"extract.mode={mode}", f"extract.out_dir=video_{mode}", monkeypatch=monkeypatch)
+    fs, result = _run(project, "video", dataset, f"extract.mode={mode}", f"train.network=tiny_{mode}", f"extract.out_dir=video_{mode}", monkeypatch=monkeypatch)
     expected = {"two": (["flash_000", "sweep_000"], ["flashes", "a tone"]), "one": (["sweep_000"], ["a tone"])}[dataset]
     assert (fs.ids, fs.texts) == expected and result.clips == len(fs)
     n = len(fs)
@@ -415,9 +410,9 @@ def test_video_feature_set_contract_and_values(project, mode, dataset, monkeypat
     torch.testing.assert_close(norms, torch.ones_like(norms), rtol=1e-4, atol=1e-4)
     assert fs.td["sync_features"][:].std(dim=1).min() > 0
 
-    spec = AUDIO_SPECS[mode]
+    spec = mode_spec(mode)
     media = Path(load_params(root=project).video_datasets[dataset].media_dir)
-    clip = load_video_clip(media / "sweep_000.mkv", duration_sec=8.0, audio_rate=spec.sample_rate, audio_samples=spec.num_samples)
+    clip = load_video_clip(media / "sweep_000.mkv", duration_sec=8.0, audio_rate=spec.sample_rate, audio_samples=spec.num_audio_samples)
     enc = FeatureEncoders("tiny", mode, root=project, components=("audio", "text"))
     torch.set_num_threads(1)
     with torch.inference_mode():
@@ -622,13 +617,16 @@ def test_killed_stage_resumes_to_the_uninterrupted_result(project, many_referenc
 def test_extract_out_dir_on_the_media_folder_is_refused_before_any_work(project, examples_dir, monkeypatch):
     """Issue 16 item 3: extract.out_dir=<examples> put the 'audio' set on <examples>/audio, the media
     folder it reads, and the rename into place deleted the source audio."""
-    from mmaudio.extraction import run_extract_stage
     from mmaudio.paths import OutputPathError
+
+    spec = importlib.util.spec_from_file_location("extract_audio_stage", REPO / "stages/extract_audio.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
 
     monkeypatch.chdir(project)
     before = sorted(p.name for p in (examples_dir / "audio").iterdir())
     with pytest.raises(OutputPathError, match=rf"key 'extract.out_dir' = '{examples_dir / 'audio'}' is input "
                                               r"'audio_datasets\.audio\.media_dir' \(.*\); refusing to write over it"):
-        run_extract_stage("audio", "doc", ["--dataset", "audio", f"extract.out_dir={examples_dir}"])
+        stage.main(["--dataset", "audio", f"extract.out_dir={examples_dir}"])
     assert sorted(p.name for p in (examples_dir / "audio").iterdir()) == before
     assert not (examples_dir / "audio.work").exists()

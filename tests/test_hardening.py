@@ -19,8 +19,8 @@ import torch
 
 from mmaudio.config import load_params
 from mmaudio.examples import generate_examples
-from mmaudio.extraction import ContentHashes, paths_fingerprint, shard_fingerprint
-from mmaudio.clip_sources import ClipRow
+from mmaudio.extraction.shards import ContentHashes, paths_fingerprint, shard_fingerprint
+from mmaudio.segments import ClipRow
 from mmaudio.encoders.tiny import write_tiny_weights
 from mmaudio.features import FeatureSet, FeatureSetError, FeatureSetWriter, feature_set_bytes, write_feature_set
 from mmaudio.paths import NoSpaceError, OutputPathError, check_stage_paths

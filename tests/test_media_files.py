@@ -16,10 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from mmaudio.clip_sources import AudioClipDataset, Decoded, audio_rows
+from mmaudio.segments import AudioClipDataset, Decoded, audio_rows
 from mmaudio.config import AudioDatasetConfig, PartitionConfig
 from mmaudio.distributed import DistContext
-from mmaudio.extraction import ExtractSettings, extract_features, result_metrics
+from mmaudio.extraction.jobs import result_metrics
+from mmaudio.extraction.pipeline import extract_features
+from mmaudio.extraction.settings import ExtractSettings
 from mmaudio.features import FeatureSet
 from mmaudio.media import SYNC_FRAMES, MediaTooShortError, MediaUnreadableError, count_audio_samples, load_video_clip, probe
 from mmaudio.media_index import index_video_list

@@ -65,6 +65,13 @@ def test_repro_is_tracked_idempotent_and_exp_run_reruns_only_dependents(repo_cop
     assert latest.data.params["data.in.data/examples/audio"] == dep["md5"]
     assert latest.data.params["data.out.data/clips/examples_audio.tsv"] == out["md5"] == dvc_hash(repo_copy / out["path"])
 
+    # The MLflow experiment says where runs are logged, not what they compute: no stage declares
+    # `tracking`, so renaming it reruns and invalidates nothing.
+    renamed = run(["dvc", "exp", "run", "-S", "tracking.experiment=other", "-n", "renamed", *DATA_STAGES], repo_copy)
+    assert "Running stage" not in renamed.stdout, renamed.stdout
+    assert yaml.safe_load((repo_copy / "params.yaml").read_text())["tracking"]["experiment"] == "other"
+    assert "Data and pipelines are up to date" in run(["dvc", "status", *DATA_STAGES], repo_copy).stdout
+
 
 @pytest.mark.slow
 def test_whole_chain_on_the_tiny_profile(repo_copy):

@@ -2,7 +2,7 @@
 the relative difference they report, the stereo test signal, and the command line / report table.
 
 The scripts run as files (``python bench/parity/vae.py ...``) and as modules of ``bench.parity``
-(bench/parity_encoders.py, bench/train_step.py); run as a file, each puts the repository root on
+(bench/parity/encoders.py, bench/perf/train_step.py); run as a file, each puts the repository root on
 sys.path before importing this module.
 """
 

@@ -35,9 +35,10 @@ from torch import nn
 
 from mmaudio.encoders.alias_free import Activation1d, SnakeBeta
 from mmaudio.weights import WeightFileError, load_state_dict_strict, load_weight_file, save_weight_file
+from mmaudio.weights.manifest import WEIGHT_FILES
+from mmaudio.weights.resolve import hf_cache_file, hf_cache_location
 
-HF_REPO_44K = "nvidia/bigvgan_v2_44khz_128band_512x"
-URL_16K = "https://github.com/hkchengrex/MMAudio/releases/download/v0.1/best_netG.pt"
+HF_REPO_44K = WEIGHT_FILES["bigvgan_v2_44khz_128band_512x"].hf_repo
 HF_WEIGHTS_NAME = "bigvgan_generator.pt"  # file names inside a BigVGAN-v2 directory
 HF_CONFIG_NAME = "config.json"
 CHECKPOINT_KEY = "generator"  # both official files nest the state dict under this entry
@@ -130,6 +131,7 @@ class VocoderPreset:
     config: BigVGANConfig
     layout: WeightsLayout  # 'file': one .pt file; 'hf_dir': a directory with config.json + bigvgan_generator.pt
     hf_repo_id: str | None = None  # where the official directory comes from (read from the local HF cache only)
+    official_file: str | None = None  # the upstream file (mmaudio.weights.manifest) this preset's layout matches
 
 
 _AMP_3X3 = ((1, 3, 5), (1, 3, 5), (1, 3, 5))
@@ -145,6 +147,7 @@ PRESETS: dict[str, VocoderPreset] = {
             activation="snakebeta", snake_logscale=True, use_tanh_at_final=True, use_bias_at_final=True,
         ),
         layout="file",
+        official_file="best_netG.pt",
     ),
     # config.json of nvidia/bigvgan_v2_44khz_128band_512x
     "44k_v2": VocoderPreset(
@@ -419,13 +422,11 @@ def _resolve_hf_dir(path_or_dir: str | os.PathLike | None, preset_name: str, pre
     if preset.hf_repo_id is None:
         raise ValueError(f"preset {preset_name!r} has no Hugging Face repo: pass the directory to load from")
     # Reads the local cache only (never the network); honours HF_HOME / HF_HUB_CACHE.
-    from huggingface_hub import constants, try_to_load_from_cache
-
-    cached = try_to_load_from_cache(preset.hf_repo_id, HF_WEIGHTS_NAME, cache_dir=cache_dir)
-    if not isinstance(cached, str):
-        looked_at = f"not in the Hugging Face cache {cache_dir or constants.HF_HUB_CACHE}"
+    cached = hf_cache_file(preset.hf_repo_id, [HF_WEIGHTS_NAME], cache_dir)
+    if cached is None:
+        looked_at = f"not in the Hugging Face cache {hf_cache_location(cache_dir)}"
         raise FileNotFoundError(_missing_44k_message(preset_name, preset.hf_repo_id, looked_at))
-    return Path(cached).parent
+    return cached.parent
 
 
 def load_vocoder(
@@ -451,7 +452,8 @@ def load_vocoder(
             raise ValueError(f"preset {preset!r} needs the path of its weight file")
         weights_file = Path(path_or_dir)
         if not weights_file.is_file():
-            hint = f" (the official file is {URL_16K})" if preset == "16k" else ""
+            source = WEIGHT_FILES.get(spec.official_file) if spec.official_file else None
+            hint = f" (the official file is {source.url})" if source is not None and source.url else ""
             raise FileNotFoundError(f"BigVGAN weight file not found: {weights_file}{hint}")
     else:
         directory = _resolve_hf_dir(path_or_dir, preset, spec, cache_dir)

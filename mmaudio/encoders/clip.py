@@ -30,8 +30,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmaudio.weights import WeightFileError, load_state_dict_strict, load_weight_file, save_weight_file
+from mmaudio.weights.manifest import WEIGHT_FILES
+from mmaudio.weights.resolve import hf_cache_file
 
-OFFICIAL_HUB_ID = "apple/DFN5B-CLIP-ViT-H-14-384"
+OFFICIAL_HUB_ID = WEIGHT_FILES["DFN5B-CLIP-ViT-H-14-384"].hf_repo
 HUB_PREFIX = "hf-hub:"
 # open_clip's built-in name whose tokenizer upstream uses (the plain BPE SimpleTokenizer shipped in
 # the open_clip wheel, so building it needs no network).
@@ -216,12 +218,9 @@ def resolve_clip_weights(
 
 
 def _find_in_hf_cache(repo_id: str, cache_dir: str | os.PathLike | None) -> Path:
-    from huggingface_hub import try_to_load_from_cache
-
-    for name in WEIGHT_FILE_NAMES:
-        found = try_to_load_from_cache(repo_id, name, cache_dir=cache_dir)
-        if isinstance(found, str):  # otherwise None or the "known missing" sentinel
-            return Path(found)
+    found = hf_cache_file(repo_id, WEIGHT_FILE_NAMES, cache_dir)
+    if found is not None:
+        return found
     raise FileNotFoundError(
         f"CLIP weights of '{repo_id}' are not in the local Hugging Face cache (looked for "
         f"{', '.join(WEIGHT_FILE_NAMES)}). Place them there, pass a file/directory, or ask for a "

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmaudio.modes import AudioMode, mode_spec
+
 # Slaney's mel scale (librosa's default, htk=False): linear below 1 kHz, logarithmic above.
 _LINEAR_HZ_PER_MEL = 200.0 / 3  # 66.67 Hz per mel up to the break point
 _BREAK_HZ = 1000.0
@@ -59,11 +61,15 @@ class MelPreset:
         return (num_samples + 2 * self.pad - self.n_fft) // self.hop_length + 1
 
 
+def _mode_mel(mode: AudioMode, **rest) -> MelPreset:
+    # rate and hop are the mode's primary numbers (mmaudio.modes); the rest is the converter's own
+    spec = mode_spec(mode)
+    return MelPreset(sample_rate=spec.sample_rate, hop_length=spec.spectrogram_hop, **rest)
+
+
 MEL_PRESETS: dict[str, MelPreset] = {
-    "16k": MelPreset(sample_rate=16_000, n_fft=1024, n_mels=80, hop_length=256, win_length=1024,
-                     fmin=0.0, fmax=8_000.0, log="log10"),
-    "44k": MelPreset(sample_rate=44_100, n_fft=2048, n_mels=128, hop_length=512, win_length=2048,
-                     fmin=0.0, fmax=22_050.0, log="ln"),
+    AudioMode.K16.value: _mode_mel(AudioMode.K16, n_fft=1024, n_mels=80, win_length=1024, fmin=0.0, fmax=8_000.0, log="log10"),
+    AudioMode.K44.value: _mode_mel(AudioMode.K44, n_fft=2048, n_mels=128, win_length=2048, fmin=0.0, fmax=22_050.0, log="ln"),
 }
 
 

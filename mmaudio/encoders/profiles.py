@@ -26,20 +26,22 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
+from mmaudio.choices import PROFILE_ROOTS, Profile
 from mmaudio.encoders import bigvgan, clip
+from mmaudio.modes import AudioMode
+from mmaudio.weights.manifest import MMAUDIO_RELEASE_URL, WEIGHT_FILES
+from mmaudio.weights.resolve import MissingWeight, MissingWeightsError, hf_cache_file, hf_cache_location
 
-Mode = Literal["16k", "44k"]
-MODES: tuple[str, ...] = ("16k", "44k")
+MODES: tuple[str, ...] = tuple(m.value for m in AudioMode)
 COMPONENTS: tuple[str, ...] = ("audio", "vocoder", "clip", "text", "sync", "empty_string")
 
-RELEASE_URL = "https://github.com/hkchengrex/MMAudio/releases/download/v0.1"
-TINY_HINT = "run `dvc repro tiny_weights`"
+RELEASE_URL = MMAUDIO_RELEASE_URL
 
-VAE_FILES: dict[str, str] = {"16k": "v1-16.pth", "44k": "v1-44.pth"}
+VAE_FILES: dict[str, str] = {AudioMode.K16: "v1-16.pth", AudioMode.K44: "v1-44.pth"}
 VOCODER_16K_FILE = "best_netG.pt"
 VOCODER_44K_DIR = "bigvgan_v2_44khz_128band_512x"
+VOCODER_FILES: dict[str, str] = {AudioMode.K16: VOCODER_16K_FILE, AudioMode.K44: VOCODER_44K_DIR}
 SYNCHFORMER_FILE = "synchformer_state_dict.pth"
 EMPTY_STRING_FILE = "empty_string.pth"
 CLIP_DIR = "DFN5B-CLIP-ViT-H-14-384"
@@ -48,8 +50,6 @@ _DIR_WEIGHT_FILES: dict[str, tuple[str, ...]] = {
     CLIP_DIR: clip.WEIGHT_FILE_NAMES,
     VOCODER_44K_DIR: (bigvgan.HF_WEIGHTS_NAME,),
 }
-# Hugging Face repos that a folder of the official profile may come from instead
-_HUB_REPOS: dict[str, str] = {CLIP_DIR: clip.OFFICIAL_HUB_ID, VOCODER_44K_DIR: bigvgan.HF_REPO_44K}
 
 
 @dataclass(frozen=True)
@@ -63,36 +63,50 @@ class WeightProfile:
     clip: str  # mmaudio.encoders.clip.CLIP_PRESETS key
     synchformer: str  # mmaudio.encoders.synchformer.SYNCHFORMER_PRESETS key
     use_hf_cache: bool  # CLIP / BigVGAN-v2 may come from the local Hugging Face cache
+    written_by: str | None = None  # the command that writes this profile's files; None: upstream's (the manifest)
+    empty_string_optional: bool = False  # training may start its null text from zeros when empty_string.pth is absent
+
+    def hub_repo(self, relpath: str) -> str | None:
+        """The Hugging Face repo a folder of this profile may come from (from the cache), or None."""
+        source = WEIGHT_FILES.get(relpath)
+        return source.hf_repo if self.use_hf_cache and source is not None else None
 
     def source_hint(self, relpath: str) -> str:
         """Where a missing file of this profile comes from."""
-        if self.name == "tiny":
-            return TINY_HINT
-        if relpath in _HUB_REPOS:
-            repo = _HUB_REPOS[relpath]
+        if self.written_by is not None:
+            return self.written_by
+        repo = self.hub_repo(relpath)
+        if repo is not None:
             return (f"Hugging Face repo '{repo}': `huggingface-cli download {repo}` (read from the local cache) "
                     f"or `huggingface-cli download {repo} --local-dir {self.root}/{relpath}`")
-        return f"download {RELEASE_URL}/{relpath} into {self.root}/"
+        source = WEIGHT_FILES.get(relpath)
+        if source is not None and source.url is not None:
+            return f"download {source.url} into {self.root}/"
+        return f"no known source for {relpath}"
 
+
+TINY_HINT = "run `dvc repro tiny_weights`"
 
 PROFILES: dict[str, WeightProfile] = {
-    "official": WeightProfile(
-        name="official",
-        root="ext_weights",
+    Profile.OFFICIAL.value: WeightProfile(
+        name=Profile.OFFICIAL.value,
+        root=PROFILE_ROOTS[Profile.OFFICIAL],
         vae={"16k": "16k", "44k": "44k"},
         vocoder={"16k": "16k", "44k": "44k_v2"},
         clip="official",
         synchformer="official",
         use_hf_cache=True,
     ),
-    "tiny": WeightProfile(
-        name="tiny",
-        root="ext_weights/tiny",
+    Profile.TINY.value: WeightProfile(
+        name=Profile.TINY.value,
+        root=PROFILE_ROOTS[Profile.TINY],
         vae={"16k": "tiny_16k", "44k": "tiny_44k"},
         vocoder={"16k": "tiny_16k", "44k": "tiny_44k"},
         clip="tiny",
         synchformer="tiny",
         use_hf_cache=False,
+        written_by=TINY_HINT,
+        empty_string_optional=True,
     ),
 }
 
@@ -122,43 +136,13 @@ def component_files(mode: str, component: str) -> tuple[str, ...]:
     check_mode(mode)
     files = {
         "audio": (VAE_FILES[mode],),
-        "vocoder": (VOCODER_16K_FILE if mode == "16k" else VOCODER_44K_DIR,),
+        "vocoder": (VOCODER_FILES[mode],),
         "clip": (CLIP_DIR,),
         "text": (CLIP_DIR,),
         "sync": (SYNCHFORMER_FILE,),
         "empty_string": (EMPTY_STRING_FILE,),
     }
     return files[component]
-
-
-@dataclass(frozen=True)
-class MissingWeight:
-    relpath: str  # relative to the profile root
-    looked_at: str  # where it was looked for
-    components: tuple[str, ...]
-    hint: str  # where to get it
-
-
-class MissingWeightsError(FileNotFoundError):
-    """Weight files a request needs are absent; ``missing`` lists every one of them."""
-
-    def __init__(self, profile: str, mode: str, missing: Sequence[MissingWeight]) -> None:
-        self.profile, self.mode, self.missing = profile, mode, list(missing)
-        lines = [f"weight profile '{profile}' (mode {mode}) is missing {len(self.missing)} file(s):"]
-        for m in self.missing:
-            lines.append(f"  - {m.relpath} (for {', '.join(m.components)}): looked at {m.looked_at}; get it: {m.hint}")
-        super().__init__("\n".join(lines))
-
-
-def _hf_cache_lookup(repo_id: str, names: Sequence[str]) -> Path | None:
-    """A cached file of ``repo_id`` (first of ``names`` present); never touches the network."""
-    from huggingface_hub import try_to_load_from_cache
-
-    for name in names:
-        found = try_to_load_from_cache(repo_id, name)
-        if isinstance(found, str):  # otherwise None or the "known missing" sentinel
-            return Path(found)
-    return None
 
 
 def resolve_weight(profile: str | WeightProfile, relpath: str, *, root: str | os.PathLike = ".") -> Path | None:
@@ -174,8 +158,9 @@ def resolve_weight(profile: str | WeightProfile, relpath: str, *, root: str | os
         return local if local.is_file() else None
     if any((local / n).is_file() for n in names):
         return local
-    if p.use_hf_cache and relpath in _HUB_REPOS:
-        cached = _hf_cache_lookup(_HUB_REPOS[relpath], names)
+    repo = p.hub_repo(relpath)
+    if repo is not None:
+        cached = hf_cache_file(repo, names)
         if cached is not None:
             return cached.parent
     return None
@@ -187,10 +172,9 @@ def _looked_at(p: WeightProfile, relpath: str, root: str | os.PathLike) -> str:
     if names is None:
         return str(local)
     where = f"{local}/{{{','.join(names)}}}"
-    if p.use_hf_cache and relpath in _HUB_REPOS:
-        from huggingface_hub import constants
-
-        where += f" and the Hugging Face cache {constants.HF_HUB_CACHE} ({_HUB_REPOS[relpath]})"
+    repo = p.hub_repo(relpath)
+    if repo is not None:
+        where += f" and the Hugging Face cache {hf_cache_location()} ({repo})"
     return where
 
 
@@ -217,7 +201,7 @@ def check_weights(
         else:
             found[relpath] = location
     if missing:
-        raise MissingWeightsError(profile, mode, missing)
+        raise MissingWeightsError(f"weight profile '{profile}' (mode {mode}) is missing {len(missing)} file(s):", missing)
     return found
 
 

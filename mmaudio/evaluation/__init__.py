@@ -18,13 +18,13 @@ from mmaudio.evaluation.metrics import (
     pair_by_id,
     sync_offset_grid,
 )
-from mmaudio.evaluation.resolver import EVALUATION_WEIGHTS, MissingWeightError, WeightSource, resolve_weight
+from mmaudio.evaluation.resolver import EVALUATION_WEIGHTS, MissingWeightsError, WeightSource, resolve_weight
 
 __all__ = [
     "EVALUATION_WEIGHTS",
     "FrechetDistanceError",
     "InceptionScore",
-    "MissingWeightError",
+    "MissingWeightsError",
     "WeightSource",
     "abs_offsets_from_logits",
     "clap_score",

@@ -1,4 +1,9 @@
-"""The evaluation stage: sample a feature set with the trained network, score it, log into the train run.
+"""The evaluation stage: sample a feature set with the trained network, score it, log it to MLflow.
+
+MLflow: each evaluation is a run of its own nested under the training run (the id in
+``<train.out_dir>/mlflow_run_id.txt``), with the resolved params (so ``evaluate.cfg_strength`` etc. of
+this evaluation), the input hashes, the scores and the sample flac files. The training run gets the
+scores too (the latest evaluation's) and an ``eval.run_id`` tag naming that child run.
 
 Output folder (``evaluate.out_dir``)::
 
@@ -23,17 +28,19 @@ The baseline is scored by the same metrics (``baseline_<key>``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from mmaudio.clip_sources import video_rows
+from mmaudio.segments import video_rows
 from mmaudio.config import Params, find_repo_root
 from mmaudio.distributed import DistContext, barrier
 from mmaudio.evaluation.proxies import (
@@ -46,7 +53,7 @@ from mmaudio.evaluation.proxies import (
 )
 from mmaudio.evaluation.official import OfficialExtractors, flac_roundtrip, stack_video_features
 from mmaudio.evaluation.sampling import (
-    SamplingOptions,
+    sampling_options,
     decode_waveforms,
     load_trained_network,
     sample_feature_set,
@@ -176,7 +183,7 @@ class SetScorer:
         device: torch.device | str = "cpu",
         dataset: str | None = None,
     ) -> None:
-        from mmaudio.encoders.facade import FeatureEncoders
+        from mmaudio.encoders.feature_encoders import FeatureEncoders
 
         cfg = params.evaluate
         self.crepe = cfg.crepe
@@ -239,12 +246,21 @@ def evaluate(
         run_id = (id_file.read_text().strip() or None) if id_file.is_file() else None
     out_dir = Path(cfg.out_dir)
     features = FeatureSet.open(Path(params.extract.out_dir) / cfg.dataset, mode=params.extract.mode)
-    options = sampling_options(params)
+    options = sampling_options(params.evaluate)
     inputs = [weights, features.path] + ([cfg.events_tsv] if cfg.events_tsv else [])
     # MLflow params are write-once, and the train run already holds its own: a re-evaluation logging
     # data.in/data.out params into it would be refused, so content hashes go to (mutable) tags instead
-    with StageRun(STAGE, params, rank=ctx.rank, run_id=run_id) as run:
-        run.set_tags({f"eval.in.{relpath(p, root)}": dvc_hash(p) for p in inputs})
+    # Each evaluation is its own run, nested under the training run and holding this evaluation's
+    # params (evaluate.* included), so evaluations of one training with different settings sit side
+    # by side in the MLflow UI. The training run also gets the scores, so training runs compare by
+    # them; its params (write-once) stay those of training.
+    with contextlib.ExitStack() as stack:
+        train_run = stack.enter_context(StageRun(STAGE, params, rank=ctx.rank, run_id=run_id)) if run_id else None
+        run = stack.enter_context(StageRun(STAGE, params, rank=ctx.rank, inputs=inputs, parent_run_id=run_id))
+        if train_run is not None:
+            train_run.set_tags({f"eval.in.{relpath(p, root)}": dvc_hash(p) for p in inputs})
+            if run.run_id is not None:
+                train_run.set_tags({"eval.run_id": run.run_id})  # the latest evaluation's own run
         net = load_trained_network(params.train.network, weights, ctx.device)
         runs = {"": (net, features)}
         if cfg.baseline:
@@ -255,15 +271,10 @@ def evaluate(
         if not ctx.is_main:
             barrier()
             return {}
-        scores = _score_and_write(params, features, latents, out_dir, run, root, ctx.device)
+        scores = _score_and_write(params, features, latents, out_dir, [r for r in (run, train_run) if r], root,
+                                  ctx.device)
         barrier()
     return scores
-
-
-def sampling_options(params: Params) -> SamplingOptions:
-    cfg = params.evaluate
-    return SamplingOptions(solver=cfg.solver, num_steps=cfg.num_steps, cfg_strength=cfg.cfg_strength,
-                           seed=cfg.seed, batch_size=cfg.batch_size)
 
 
 def _score_and_write(
@@ -271,11 +282,14 @@ def _score_and_write(
     features: FeatureSet,
     latents: Mapping[str, Mapping[str, torch.Tensor]],
     out_dir: Path,
-    run: StageRun,
+    runs: Sequence[StageRun],
     root: Path,
     device: torch.device | str = "cpu",
 ) -> dict[str, float]:
+    """Decode, score, write the flac files and scores.json; ``runs[0]`` (the evaluation's own run) gets
+    the sample artifacts, every run the scores and tags."""
     cfg = params.evaluate
+    run = _Fanout(runs)
     scorer = SetScorer(params, features, root=root, device=device)
     rate, ids = scorer.sample_rate, scorer.ids
     for i in ids:
@@ -296,11 +310,11 @@ def _score_and_write(
             skipped |= k
         notes |= {f"{prefix}{key}": v for key, v in n.items()}
         for i in _logged_ids(ids, scorer.events, cfg.num_logged_samples):
-            run.log_artifact(folder / f"{i}.flac", artifact_path=f"evaluate/{prefix}samples")
+            runs[0].log_artifact(folder / f"{i}.flac", artifact_path=f"evaluate/{prefix}samples")
             events = scorer.events.get(i) if scorer.events else None
             png = write_spectrogram_png(out_dir / "spectrograms" / f"{prefix}{i}.png", waves[i], rate, events,
                                         detect_onsets(waves[i], rate))
-            run.log_artifact(png, artifact_path=f"evaluate/{prefix}spectrograms")
+            runs[0].log_artifact(png, artifact_path=f"evaluate/{prefix}spectrograms")
 
     skipped |= scorer.skipped_official
     for metric, reason in sorted(skipped.items()):
@@ -337,6 +351,21 @@ def _logged_ids(ids: list[str], events: Mapping[str, np.ndarray] | None, n: int)
     return (with_events + [i for i in ids if i not in with_events])[:n]
 
 
+class _Fanout:
+    """The scores and tags of one evaluation, logged alike into several runs."""
+
+    def __init__(self, runs: Sequence[StageRun]) -> None:
+        self.runs = list(runs)
+
+    def log_metrics(self, metrics: Mapping[str, float]) -> None:
+        for r in self.runs:
+            r.log_metrics(metrics)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        for r in self.runs:
+            r.set_tags(tags)
+
+
 # -- during training ---------------------------------------------------------------------------------
 
 
@@ -360,7 +389,6 @@ class TrainingEvaluation:
     def __init__(
         self,
         params: Params,
-        run: StageRun,
         ctx: DistContext | None = None,
         *,
         dataset: str | None = None,
@@ -371,9 +399,9 @@ class TrainingEvaluation:
             raise ValueError("train.eval_interval > 0 needs train.val_dataset (a video feature set) to evaluate")
         if name not in params.video_datasets:
             raise ValueError(f"train.val_dataset '{name}' is not in video_datasets: evaluation needs source videos")
-        self.params, self.run, self.ctx, self.dataset = params, run, ctx, name
+        self.params, self.ctx, self.dataset = params, ctx, name
         self.features = FeatureSet.open(Path(params.extract.out_dir) / name, mode=params.extract.mode)
-        self.options = sampling_options(params)
+        self.options = sampling_options(params.evaluate)
         self.device = torch.device(device) if device is not None else (ctx.device if ctx else torch.device("cpu"))
         self.scorer: SetScorer | None = None
 
@@ -381,28 +409,29 @@ class TrainingEvaluation:
     def is_main(self) -> bool:
         return self.ctx is None or self.ctx.is_main
 
-    def _scorer(self) -> SetScorer:
+    def _scorer(self, run: StageRun) -> SetScorer:
         if self.scorer is None:
             cuda = [self.device] if self.device.type == "cuda" else []
             with torch.random.fork_rng(devices=cuda):
                 self.scorer = SetScorer(self.params, self.features, root=find_repo_root(), device=self.device,
                                         dataset=self.dataset)
             skipped = self.scorer.skipped_official
-            self.run.set_tags({f"train.eval.skipped.{m}": r for m, r in skipped.items()}
+            run.set_tags({f"train.eval.skipped.{m}": r for m, r in skipped.items()}
                               | {"train.eval.dataset": self.dataset, "train.eval.rows": len(self.scorer.ids)})
         return self.scorer
 
-    def __call__(self, net: MMAudioNetwork, step: int) -> dict[str, float]:
-        """Scores of ``net`` (unwrapped: no DDP / compile wrapper) at ``step``; {} on ranks other than 0."""
+    def __call__(self, net: MMAudioNetwork, step: int, run: StageRun) -> dict[str, float]:
+        """Scores of ``net`` (unwrapped: no DDP / compile wrapper) at ``step``, logged to ``run``; {} on
+        ranks other than 0."""
         latents = sample_feature_set(net, self.features, self.options, self.ctx)
         if not self.is_main:
             return {}
-        scorer = self._scorer()
+        scorer = self._scorer(run)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             scores, _, notes = scorer.score(scorer.decode(latents))
         finite = {f"{TRAIN_METRIC_PREFIX}{k}": v for k, v in scores.items() if math.isfinite(v)}
-        self.run.log_metrics(finite, step=step)
+        run.log_metrics(finite, step=step)
         if notes:
-            self.run.set_tags({f"train.eval.note.{k}": v for k, v in notes.items()})
+            run.set_tags({f"train.eval.note.{k}": v for k, v in notes.items()})
         log.info("step %d eval: %s", step, json.dumps({k: round(v, 6) for k, v in sorted(finite.items())}))
         return scores

@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mmaudio.choices import ExtractorPreset, check_choice
 from mmaudio.evaluation.extractors import imagebind, panns, passt, synchformer_av, vggish
 from mmaudio.evaluation.metrics import (
     IS_SPLITS,
@@ -47,12 +48,12 @@ from mmaudio.evaluation.metrics import (
     inception_score,
     kl_divergence,
 )
-from mmaudio.evaluation.resolver import MissingWeightError, resolve_weight
+from mmaudio.evaluation.resolver import resolve_weight
+from mmaudio.weights import MissingWeightsError
 from mmaudio.media import IMAGEBIND_FRAMES, SYNC_FRAMES, FrameSpec
 
 log = logging.getLogger(__name__)
 
-EXTRACTOR_PRESETS = ("official", "tiny")
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ def flac_roundtrip(wave: torch.Tensor) -> torch.Tensor:
     return (wave.detach().float().clamp(-1, 1) * 32767).round() / 32768
 
 
-def missing_reason(error: MissingWeightError) -> str:
+def missing_reason(error: MissingWeightsError) -> str:
     return f"weights absent: {error}"
 
 
@@ -104,8 +105,7 @@ class OfficialExtractors:
         preset: str = "official",
         device: torch.device | str = "cpu",
     ) -> None:
-        if preset not in EXTRACTOR_PRESETS:
-            raise ValueError(f"extractor preset must be one of {EXTRACTOR_PRESETS}, got {preset!r}")
+        check_choice(ExtractorPreset, preset, "extractor preset")
         self.device = torch.device(device)
         self.preset = preset
         self.models: dict[str, nn.Module] = {}
@@ -114,7 +114,7 @@ class OfficialExtractors:
         for name, spec in OFFICIAL_EXTRACTORS.items():
             try:
                 path = resolve_weight(spec.filename, ext_dir=extractor_dir)
-            except MissingWeightError as e:
+            except MissingWeightsError as e:
                 self.missing[name] = missing_reason(e)
                 continue
             self.paths[name] = path

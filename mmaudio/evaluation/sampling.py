@@ -4,7 +4,7 @@ Every row gets its own noise: a generator seeded from ``seed`` and the row's ind
 drawn on the CPU, so a row's latent does not depend on the batch it lands in, the number of processes
 or the device. Under torchrun each process samples a disjoint, strided shard of the rows and rank 0
 gathers them. Latents are decoded to waveforms by the weight profile's VAE decoder and vocoder
-(:class:`~mmaudio.encoders.facade.FeatureEncoders`) and written as mono FLAC at the model's rate.
+(:class:`~mmaudio.encoders.feature_encoders.FeatureEncoders`) and written as mono FLAC at the model's rate.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from mmaudio.choices import Solver, check_choice
+from mmaudio.config import EvaluateConfig
 from mmaudio.distributed import DistContext
 from mmaudio.features import FeatureSet
 from mmaudio.model.flow_matching import (
@@ -30,7 +32,6 @@ from mmaudio.model.flow_matching import (
 )
 from mmaudio.model.network import MMAudioNetwork, build_network, load_network_weights
 
-SOLVERS = ("euler", "adaptive")
 # keys that the trainer fills from data, not from the seeded init: an untrained baseline takes them
 # from the trained file so that it differs from the trained network only in what training learned
 DATA_BUFFER_KEYS = ("latent_mean", "latent_std", "empty_string_feat")
@@ -49,10 +50,16 @@ class SamplingOptions:
     atol: float = 1e-5  # needs a converged sample, not one to 1e-9)
 
     def __post_init__(self) -> None:
-        if self.solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
+        check_choice(Solver, self.solver, "solver")
         if self.num_steps < 1 or self.batch_size < 1:
             raise ValueError(f"num_steps and batch_size must be >= 1, got {self.num_steps}, {self.batch_size}")
+
+
+def sampling_options(cfg: EvaluateConfig) -> SamplingOptions:
+    """The ``evaluate.*`` sampling settings: what the evaluate stage, evaluation during training and the
+    training-time audio samples all sample with."""
+    return SamplingOptions(solver=cfg.solver, num_steps=cfg.num_steps, cfg_strength=cfg.cfg_strength,
+                           seed=cfg.seed, batch_size=cfg.batch_size)
 
 
 def row_seed(seed: int, row: int) -> int:
@@ -92,7 +99,7 @@ def sample_latents(
     )
     conditions = net.preprocess_conditions(clip_f, sync_f, text_f)
     velocity = cfg_velocity_fn(net.predict_flow, conditions, net.get_empty_conditions(b), options.cfg_strength)
-    if options.solver == "euler":
+    if Solver(options.solver) is Solver.EULER:
         x1 = euler_sample(velocity, x0, num_steps=options.num_steps)
     else:
         x1 = adaptive_sample(velocity, x0, rtol=options.rtol, atol=options.atol)

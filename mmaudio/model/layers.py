@@ -17,7 +17,7 @@ Modulation = tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None
 
 # -- how the token convolutions and gated feed-forwards run ----------------------------------------
 #
-# Same math, different kernels (bench/train_step.py measures them):
+# Same math, different kernels (bench/perf/train_step.py measures them):
 #   conv 'native'        F.conv1d on the transposed (B, C, N) view: cuDNN wants (B, C, N) contiguous, so
 #                        every call copies its input and output across the transpose (upstream's way)
 #   conv 'channels_last' F.conv2d on a (B, C, 1, N) view whose strides are already channels-last:

@@ -26,7 +26,7 @@ from torch import nn
 
 from mmaudio.model.embeddings import TimestepEmbedder, rope_rotations
 from mmaudio.model.layers import ChannelLastConv1d, ConvSwiGLU, FinalBlock, JointBlock, MMDiTBlock, SwiGLU
-from mmaudio.model.sequence import SequenceConfig, get_sequence_config
+from mmaudio.model.presets import NETWORK_PRESETS, NetworkPreset, get_network_preset
 from mmaudio.weights import load_state_dict_strict, load_weight_file, save_weight_file
 
 # Non-persistent buffers that some published/older weight files still contain; they are recomputed
@@ -34,58 +34,6 @@ from mmaudio.weights import load_state_dict_strict, load_weight_file, save_weigh
 DERIVED_BUFFER_KEYS = ("t_embed.freqs", "latent_rot", "clip_rot")
 
 
-@dataclass(frozen=True)
-class NetworkPreset:
-    """Architecture of one flow network. Sequence lengths come from the audio ``mode``."""
-
-    name: str
-    mode: str  # '16k' | '44k' (see mmaudio.model.sequence)
-    latent_dim: int  # VAE latent channels: 20 (16 kHz) / 40 (44.1 kHz)
-    num_heads: int
-    depth: int  # total blocks: (depth - fused_depth) joint blocks, then fused_depth latent-only blocks
-    fused_depth: int
-    head_dim: int = 64
-    mlp_ratio: float = 4.0
-    clip_dim: int = 1024
-    sync_dim: int = 768
-    text_dim: int = 1024
-    v2: bool = False  # large_44k_v2: SiLU input projections and a high-frequency time embedding
-
-    @property
-    def hidden_dim(self) -> int:
-        return self.head_dim * self.num_heads
-
-    @property
-    def num_joint_blocks(self) -> int:
-        return self.depth - self.fused_depth
-
-    @property
-    def sequence(self) -> SequenceConfig:
-        return get_sequence_config(self.mode)
-
-
-_SMALL = dict(num_heads=7, depth=12, fused_depth=8)
-_MEDIUM = dict(num_heads=14, depth=12, fused_depth=8)
-_LARGE = dict(num_heads=14, depth=21, fused_depth=14)
-# tiny: the official data contract (latent/feature dims, sequence lengths) at CPU-test cost; 2 joint
-# blocks so that both a full and a pre_only joint block are exercised, and one fused block.
-_TINY = dict(num_heads=2, head_dim=32, depth=3, fused_depth=1)
-
-NETWORK_PRESETS: dict[str, NetworkPreset] = {
-    "small_16k": NetworkPreset(name="small_16k", mode="16k", latent_dim=20, **_SMALL),  # 157,283,644 params
-    "small_44k": NetworkPreset(name="small_44k", mode="44k", latent_dim=40, **_SMALL),  # 157,409,144
-    "medium_44k": NetworkPreset(name="medium_44k", mode="44k", latent_dim=40, **_MEDIUM),  # 621,805,944
-    "large_44k": NetworkPreset(name="large_44k", mode="44k", latent_dim=40, **_LARGE),  # 1,030,002,168
-    "large_44k_v2": NetworkPreset(name="large_44k_v2", mode="44k", latent_dim=40, v2=True, **_LARGE),  # 1,030,575,608
-    "tiny_16k": NetworkPreset(name="tiny_16k", mode="16k", latent_dim=20, **_TINY),
-    "tiny_44k": NetworkPreset(name="tiny_44k", mode="44k", latent_dim=40, **_TINY),
-}
-
-
-def get_network_preset(name: str) -> NetworkPreset:
-    if name not in NETWORK_PRESETS:
-        raise KeyError(f"unknown network preset '{name}' (known: {sorted(NETWORK_PRESETS)})")
-    return NETWORK_PRESETS[name]
 
 
 @dataclass

@@ -3,7 +3,7 @@
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts (so ``torch.load`` with
 ``weights_only=True`` reads it): the unwrapped, uncompiled network's state dict, the EMA averages,
 the optimizer and scheduler states, the loader position, every RNG state as a uint8 tensor, the
-step, the metric history and the resolved config. See ``mmaudio.training.train`` for the keys.
+step, the metric history and the resolved config. :mod:`mmaudio.training.state` defines the keys.
 
 Each checkpoint ``ckpt-<step>.pt`` has a sidecar ``ckpt-<step>.pt.sum`` (JSON: size in bytes and
 SHA-256), written aside and renamed after the checkpoint itself. Resuming takes the newest checkpoint
@@ -34,7 +34,6 @@ from mmaudio.weights import save_weight_file
 log = logging.getLogger(__name__)
 
 CKPT_RE = re.compile(r"^ckpt-(\d{9})\.pt$")
-REQUIRED_KEYS = ("step", "model", "ema", "optimizer", "scheduler", "loader", "ranks", "history", "config")
 
 
 class CheckpointError(RuntimeError):
@@ -140,14 +139,15 @@ def save_checkpoint(folder: str | os.PathLike, state: Mapping[str, Any], keep_la
     return path
 
 
-def load_latest_checkpoint(folder: str | os.PathLike) -> tuple[dict[str, Any], Path] | None:
-    """The newest usable checkpoint in ``folder`` and its path, or None if there is none."""
+def load_latest_checkpoint(folder: str | os.PathLike, required: Sequence[str] = ()) -> tuple[dict[str, Any], Path] | None:
+    """The newest usable checkpoint in ``folder`` (one that holds every ``required`` key; the training
+    checkpoint's are :data:`mmaudio.training.state.REQUIRED_CHECKPOINT_KEYS`) and its path, or None."""
     for step, path in reversed(list_checkpoints(folder)):
         try:
             if not verify_sidecar(path):
                 log.info("%s has no size/hash record (killed right after writing it); checking that it loads", path)
             state = load_plain_file(path)
-            missing = [k for k in REQUIRED_KEYS if k not in state]
+            missing = [k for k in required if k not in state]
             if missing:
                 raise CheckpointError(f"{path} lacks {missing}")
             if int(state["step"]) != step:

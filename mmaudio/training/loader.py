@@ -36,8 +36,10 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from mmaudio.features import CLIP_SHAPE, LATENT_SHAPES, STORAGE_DTYPES, SYNC_SHAPE, TEXT_SHAPE, FeatureSet
-from mmaudio.staging import put_unless_stopped, receive, send_async
+from mmaudio.config import ConfigError
+from mmaudio.features import STORAGE_DTYPES, FeatureSet
+from mmaudio.gpu_transfer import put_unless_stopped, receive, send_async
+from mmaudio.modes import mode_spec
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +124,9 @@ def read_rows(
     """Rows ``row_idx[i]`` of ``sources[source_idx[i]]``, in that order, as one batch of ``dtype``
     (in pinned memory if asked, ready for an asynchronous copy to the GPU)."""
     b = int(source_idx.numel())
-    latent_shape = LATENT_SHAPES[mode]
-    shapes = {"latent_mean": latent_shape, "latent_std": latent_shape, "clip_features": CLIP_SHAPE,
-              "sync_features": SYNC_SHAPE, "text_features": TEXT_SHAPE}
+    spec = mode_spec(mode)
+    shapes = {"latent_mean": spec.latent_shape, "latent_std": spec.latent_shape, "clip_features": spec.clip_shape,
+              "sync_features": spec.sync_shape, "text_features": spec.text_shape}
     # empty, not zeros: every row is written below, audio rows' video features by index_fill_
     out = {name: torch.empty((b, *shape), dtype=dtype, pin_memory=pin_memory) for name, shape in shapes.items()}
     video_exist = torch.zeros(b, dtype=torch.bool, pin_memory=pin_memory)
@@ -147,6 +149,16 @@ def read_rows(
         for name in VIDEO_FIELDS:
             out[name].index_fill_(0, pos, 0)
     return Batch(**out, video_exist=video_exist)
+
+
+def per_rank_batch_size(global_batch_size: int, world_size: int) -> int:
+    """Rows per process: the one place the global batch is checked against the process count and split."""
+    if global_batch_size % world_size:
+        raise ConfigError(
+            f"key 'train.global_batch_size' ({global_batch_size}) must be divisible by the number of "
+            f"processes ({world_size})"
+        )
+    return global_batch_size // world_size
 
 
 def rank_slice(batch_rows: int, per_rank: int, rank: int) -> slice:
@@ -178,14 +190,12 @@ class TrainLoader:
     ):
         if not sources:
             raise ValueError("no training feature sets (train.datasets is empty)")
-        if global_batch_size % world_size:
-            raise ValueError(f"global batch {global_batch_size} is not divisible by {world_size} processes")
+        self.per_rank = per_rank_batch_size(global_batch_size, world_size)
         if prefetch > 0 and workers < 1:
             raise ValueError(f"prefetch {prefetch} needs at least one worker thread, got workers={workers}")
         self.sources = list(sources)
         self.mode = mode
         self.global_batch_size = global_batch_size
-        self.per_rank = global_batch_size // world_size
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.device = device
         self.prefetch, self.workers = prefetch, workers
@@ -324,7 +334,7 @@ def val_batches(
 ) -> Iterator[tuple[int, slice, Batch | None]]:
     """The validation set in order, in global batches: (rows in this global batch, this rank's slice
     of it, this rank's rows or None when the slice is empty)."""
-    per_rank = global_batch_size // world_size
+    per_rank = per_rank_batch_size(global_batch_size, world_size)
     src = [TrainSource("val", features)]
     n = len(features)
     for lo in range(0, n, global_batch_size):

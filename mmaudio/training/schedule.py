@@ -23,9 +23,9 @@ from collections.abc import Sequence
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from mmaudio.choices import Schedule, check_choice
 from mmaudio.config import TrainConfig
 
-SCHEDULES = ("step", "constant", "cosine")
 
 
 def lr_factor(
@@ -38,14 +38,13 @@ def lr_factor(
     num_iterations: int = 1,
 ) -> float:
     """Multiplier of the base learning rate at optimizer step ``step`` (0-based)."""
-    if schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}; expected one of {SCHEDULES}")
+    schedule = check_choice(Schedule, schedule, "schedule")
     if step < warmup_steps:
         return (step + 1) / (warmup_steps + 1)
     after = step - warmup_steps
-    if schedule == "constant":
+    if schedule is Schedule.CONSTANT:
         return 1.0
-    if schedule == "step":
+    if schedule is Schedule.STEP:
         return gamma ** bisect.bisect_right(list(milestones), after)
     span = max(1, num_iterations - warmup_steps)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, after / span)))

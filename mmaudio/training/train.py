@@ -1,8 +1,12 @@
 """Training of the flow network: DDP over 1..N processes, flow matching with classifier-free dropout,
 post-hoc EMA, exact resume from the latest checkpoint, tracked in MLflow on rank 0.
 
-    result = train(load_params(["train.num_iterations=100"]))     # one process, in Python
-    torchrun --standalone --nproc_per_node=2 stages/train.py      # the stage calls train(params, ctx)
+    result = fit(params, ctx, inputs, callbacks)   # the trainer: resolved inputs, callbacks from the stage
+    mmaudio.train_stage.train(params, ctx)       # what stages/train.py runs: resolves and composes, then fit()
+
+The trainer imports neither the encoders nor the evaluation: the train stage resolves the weight
+files it needs (:class:`TrainInputs`) and composes the callbacks (audio samples, evaluation during
+training; :class:`Every`), lightning-hydra-template's split between the entry point and the Trainer.
 
 One optimizer step, for a global batch of B rows split over G processes (b = B / G rows each):
 
@@ -29,7 +33,9 @@ Files under ``train.out_dir``:
     mlflow_run_id.txt    the MLflow run, for the evaluation stage to log into
 
 ``run_key`` hashes everything that decides the numbers: the train config except bookkeeping keys
-(``RESUME_NEUTRAL_KEYS``), the content hashes of the inputs and the training/model code. A run
+(``RESUME_NEUTRAL_KEYS``), the content hashes of the inputs (:func:`mmaudio.hashing.input_hashes`, the
+same function the MLflow record uses) and the code the training loop imports
+(``mmaudio.code_deps.code_digest``, the same walk that checks dvc.yaml's deps). A run
 resumes only from checkpoints of its own key, so changing a param or the data starts a fresh run
 (in its own folder) instead of silently continuing another one.
 """
@@ -42,35 +48,32 @@ import json
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from mmaudio.config import ConfigError, Params, TrainConfig, find_repo_root
+from mmaudio.code_deps import code_digest
+from mmaudio.config import ConfigError, Params, TrainConfig, find_repo_root, to_flat_dict
 from mmaudio.distributed import DistContext, barrier, resolve_device
-from mmaudio.features import LATENT_SHAPES, FeatureSet
+from mmaudio.features import FeatureSet
+from mmaudio.hashing import input_hashes
+from mmaudio.modes import mode_spec
 from mmaudio.model.flow_matching import flow_matching_loss, interpolate, sample_logit_normal_t, sample_noise_like
 from mmaudio.model.network import MMAudioNetwork, NetworkPreset, build_network, get_network_preset, load_network_weights
 from mmaudio.tables import write_tsv
 from mmaudio.tracking import StageRun, relpath
-from mmaudio.training.checkpoint import (
-    load_latest_checkpoint,
-    load_plain_file,
-    restore_rng_states,
-    rng_states,
-    save_checkpoint,
-)
+from mmaudio.training.checkpoint import load_latest_checkpoint, load_plain_file, save_checkpoint
 from mmaudio.training.ema import PowerEMA, list_snapshots, remove_snapshots_after, synthesize_ema
 from mmaudio.training.loader import Batch, TrainLoader, TrainSource, latent_stats, rank_slice, val_batches
-from mmaudio.training.samples import AudioSampler
 from mmaudio.training.schedule import build_scheduler
-from mmaudio.weights import load_state_dict_strict, save_weight_file
+from mmaudio.training.state import REQUIRED_CHECKPOINT_KEYS, TrainState, fresh_window
+from mmaudio.weights import save_weight_file
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +85,6 @@ RESUME_NEUTRAL_KEYS = frozenset(
      "compile",
      "device", "out_dir", "ema.snapshot_every", "ema.output_sigma_rel"}
 )
-# Code whose change changes the numbers: part of the run key.
-CODE_GLOBS = ("training/*.py", "model/*.py", "features.py")
 VAL_SEED_OFFSET = 7_919  # the validation generator's seed is train.seed + this, reset every pass
 
 
@@ -100,13 +101,30 @@ class TrainResult:
     halted: bool = False
 
 
-def per_rank_batch_size(global_batch_size: int, world_size: int) -> int:
-    if global_batch_size % world_size:
-        raise ConfigError(
-            f"key 'train.global_batch_size' ({global_batch_size}) must be divisible by the number of "
-            f"processes ({world_size})"
-        )
-    return global_batch_size // world_size
+@dataclass(frozen=True)
+class TrainInputs:
+    """What the train stage resolved for the trainer (which never looks for weight files itself)."""
+
+    empty_string: torch.Tensor | None = None  # text features of '' for the null text; None: zeros
+    empty_string_source: str = "zeros"  # where they came from, tagged on the run (train.empty_string)
+    empty_string_file: Path | None = None  # that file: an input of the run (hashed into its key)
+
+
+class StepCallback(Protocol):
+    def __call__(self, net: MMAudioNetwork, step: int, run: StageRun) -> object: ...
+
+
+@dataclass(frozen=True)
+class Every:
+    """``callback(net, step, run)`` every ``interval`` optimizer steps and at the last step, with the
+    unwrapped network. The stage decides which ranks get which callbacks (audio samples: rank 0;
+    evaluation: every rank, as its sampling is sharded)."""
+
+    interval: int
+    callback: StepCallback
+
+    def due(self, step: int, final: bool) -> bool:
+        return step % self.interval == 0 or final
 
 
 def rank_seed(seed: int, rank: int) -> int:
@@ -140,37 +158,6 @@ def latent_stats_source(cfg: TrainConfig, sources: list[TrainSource]) -> TrainSo
     if cfg.latent_stats_dataset is not None:
         return next(s for s in sources if s.name == cfg.latent_stats_dataset)
     return next((s for s in sources if s.is_video), sources[0])
-
-
-def empty_string_path(params: Params) -> Path | None:
-    """The file of the empty-string text features: ``train.empty_string``, else the weight profile's
-    ``empty_string.pth``. A missing file is an error, except the tiny profile's (None: zeros), so that
-    training on features made elsewhere needs no encoder weights."""
-    from mmaudio.encoders.profiles import EMPTY_STRING_FILE, get_profile, resolve_weight
-
-    if params.train.empty_string:
-        path = Path(params.train.empty_string)
-        if not path.is_file():
-            raise FileNotFoundError(f"key 'train.empty_string': empty-string feature file {path} not found")
-        return path
-    found = resolve_weight(params.profile, EMPTY_STRING_FILE, root=find_repo_root())
-    if found is None and params.profile != "tiny":
-        raise FileNotFoundError(
-            f"the '{params.profile}' profile's {get_profile(params.profile).root}/{EMPTY_STRING_FILE} is missing "
-            "(or set train.empty_string)"
-        )
-    return found
-
-
-def empty_string_features(params: Params) -> tuple[torch.Tensor | None, str]:
-    """(77, 1024) text features of '' for the network's null text (None: zeros), and their source."""
-    path = empty_string_path(params)
-    if path is None:
-        log.warning("the tiny profile's empty_string.pth is missing: the null text condition starts from zeros")
-        return None, "zeros"
-    from mmaudio.encoders.clip import load_empty_string  # open_clip is imported only when needed
-
-    return load_empty_string(path), relpath(path, find_repo_root())
 
 
 # -- the loss as a module, so DDP and torch.compile see one forward ---------------------------------
@@ -254,7 +241,7 @@ def optimizer_step(
     across ranks), global grad-norm clipping, AdamW, the lr schedule and the EMA update.
 
     Returns (loss, grad_norm) as 0-dim device tensors: nothing here waits for the GPU, so the host
-    runs ahead and queues the next step's work (bench/train_step.py times exactly this function).
+    runs ahead and queues the next step's work (bench/perf/train_step.py times exactly this function).
     """
     device_type = inputs[0].device.type
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
@@ -270,7 +257,7 @@ def optimizer_step(
 
 
 def configure_cuda_for_training() -> None:
-    """Process-wide CUDA settings of the training step (bench/train_step.py applies the same).
+    """Process-wide CUDA settings of the training step (bench/perf/train_step.py applies the same).
 
     cudnn.benchmark: the shapes are fixed every step, so cuDNN may time its kernels once and keep the
     fastest. cuDNN attention is switched off: on an H100 with torch 2.11 its backward gave gradients of
@@ -294,23 +281,12 @@ def build_optimizer(parameters: list[torch.Tensor], cfg: TrainConfig, amp: bool,
 # -- run identity ----------------------------------------------------------------------------------
 
 
-def code_digest() -> str:
-    root = Path(__file__).resolve().parents[1]  # the mmaudio package
-    h = hashlib.sha256()
-    for pattern in CODE_GLOBS:
-        for p in sorted(root.glob(pattern)):
-            h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes())
-    return h.hexdigest()
-
-
-def run_key(cfg: TrainConfig, input_hashes: Mapping[str, str]) -> str:
+def run_key(cfg: TrainConfig, hashes: Mapping[str, str]) -> str:
     """Short hash of what decides a run's numbers (see the module docstring)."""
-    from mmaudio.config import to_flat_dict
-
     flat = {k: v for k, v in to_flat_dict(cfg).items() if k not in RESUME_NEUTRAL_KEYS}
     # the order of train.datasets lays out the epoch (and picks the latent-stats set): keep it
     flat["datasets.order"] = list(cfg.datasets)
-    doc = json.dumps({"train": flat, "inputs": dict(sorted(input_hashes.items())), "code": code_digest()},
+    doc = json.dumps({"train": flat, "inputs": dict(sorted(hashes.items())), "code": code_digest(__name__)},
                      sort_keys=True, default=str)
     return hashlib.sha256(doc.encode()).hexdigest()[:16]
 
@@ -353,7 +329,7 @@ def validation_loss(
     for rows, part, batch in val_batches(
         val, mode=mode, global_batch_size=cfg.global_batch_size, rank=ctx.rank, world_size=ctx.world_size
     ):
-        noise = draw_step_noise(gen, rows, LATENT_SHAPES[mode], cfg, ctx.device)  # drawn for every row on every rank
+        noise = draw_step_noise(gen, rows, mode_spec(mode).latent_shape, cfg, ctx.device)  # drawn for every row on every rank
         if batch is None:
             continue
         batch = batch.to(ctx.device)
@@ -377,7 +353,8 @@ def _preset(name: str) -> NetworkPreset:
 
 
 def _build_network(
-    params: Params, preset: NetworkPreset, sources: list[TrainSource], resuming: bool, ctx: DistContext
+    params: Params, preset: NetworkPreset, sources: list[TrainSource], resuming: bool, inputs: TrainInputs,
+    ctx: DistContext,
 ) -> tuple[MMAudioNetwork, dict[str, str]]:
     """The network on CPU with its init drawn from train.seed; notes on where its fixed tensors came from."""
     cfg = params.train
@@ -395,37 +372,73 @@ def _build_network(
         stats = latent_stats(src.features)
         notes["train.latent_stats_dataset"] = src.name
     stats = _broadcast(stats, ctx)
-    empty, empty_source = empty_string_features(params)
-    notes.update({"train.init": "random", "train.empty_string": empty_source})
-    return build_network(preset, latent_mean=stats[0], latent_std=stats[1], empty_string_feat=empty), notes
+    if inputs.empty_string is None:
+        log.warning("no empty-string features: the null text condition starts from zeros")
+    notes.update({"train.init": "random", "train.empty_string": inputs.empty_string_source})
+    net = build_network(preset, latent_mean=stats[0], latent_std=stats[1], empty_string_feat=inputs.empty_string)
+    return net, notes
 
 
-def train(params: Params, ctx: DistContext | None = None, *, halt_after_step: int | None = None) -> TrainResult:
+def _wrap(objective: FlowObjective, cfg: TrainConfig, ctx: DistContext) -> nn.Module:
+    """What the step calls: the objective, under DDP with several processes, compiled if asked."""
+    model: nn.Module = objective
+    if ctx.world_size > 1:
+        # broadcast_buffers off: the only buffers are RoPE tables and frequencies computed from the config
+        model = DDP(objective, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+                    broadcast_buffers=False)
+    if cfg.compile:
+        model = torch.compile(model)
+    return model
+
+
+def _find_checkpoint(ckpt_dir: Path, ctx: DistContext) -> tuple[dict[str, Any] | None, str | None]:
+    """The latest usable checkpoint of this run: rank 0 picks it (skipping damaged ones), the others
+    read the same file."""
+    found = load_latest_checkpoint(ckpt_dir, REQUIRED_CHECKPOINT_KEYS) if ctx.rank == 0 else None
+    ckpt_path = _broadcast(str(found[1]) if found else None, ctx)
+    if ctx.rank == 0:
+        return (found[0] if found else None), ckpt_path
+    return (load_plain_file(ckpt_path) if ckpt_path else None), ckpt_path
+
+
+def fit(
+    params: Params,
+    ctx: DistContext | None = None,
+    inputs: TrainInputs = TrainInputs(),
+    callbacks: Sequence[Every] = (),
+    *,
+    halt_after_step: int | None = None,
+) -> TrainResult:
     """Train (or resume training) the flow network as ``params.train`` says; see the module docstring.
 
     ``ctx`` is the process's place in the process group (``init_distributed()``); None means one
-    process on ``train.device``. ``halt_after_step`` stops right after that step as if the process
-    were killed (no final checkpoint, no export): for resume tests.
+    process on ``train.device``. ``inputs`` and ``callbacks`` come from the stage
+    (:func:`mmaudio.train_stage.train`). ``halt_after_step`` stops right after that step as if the
+    process were killed (no final checkpoint, no export): for resume tests.
     """
     cfg = params.train
     if ctx is None:
         ctx = DistContext(0, 1, 0, resolve_device(cfg.device))
-    per_rank = per_rank_batch_size(cfg.global_batch_size, ctx.world_size)
     preset = _preset(cfg.network)
     mode = preset.mode
-    latent_shape = LATENT_SHAPES[mode]
+    latent_shape = mode_spec(mode).latent_shape
     amp = cfg.amp and ctx.device.type == "cuda"
     sources, val = open_training_sets(params, mode)
     loader = TrainLoader(
         sources, mode=mode, global_batch_size=cfg.global_batch_size, rank=ctx.rank, world_size=ctx.world_size,
         seed=cfg.seed, device=ctx.device, prefetch=cfg.prefetch,
     )
-    inputs = [s.features.path for s in sources] + ([val.path] if val is not None else [])
+    per_rank = loader.per_rank
+    input_paths = [s.features.path for s in sources] + ([val.path] if val is not None else [])
     if cfg.weights:
-        inputs.append(Path(cfg.weights))
-    elif (empty := empty_string_path(params)) is not None:
-        inputs.append(empty)
+        input_paths.append(Path(cfg.weights))
+    elif inputs.empty_string_file is not None:
+        input_paths.append(inputs.empty_string_file)
+    hashes = input_hashes(input_paths, find_repo_root()) if ctx.rank == 0 else {}
+    key = _broadcast(run_key(cfg, hashes) if ctx.rank == 0 else None, ctx)
     out_dir = Path(cfg.out_dir)
+    ckpt_dir = out_dir / "checkpoints" / key
+    ema_dir = ckpt_dir / "ema"
     derived = {
         "train.world_size": ctx.world_size,
         "train.per_rank_batch_size": per_rank,
@@ -433,169 +446,95 @@ def train(params: Params, ctx: DistContext | None = None, *, halt_after_step: in
         "train.rows_per_epoch": loader.num_rows,
     }
 
-    with StageRun(STAGE, params, inputs=inputs, rank=ctx.rank, extra_params=derived) as run:
-        key = _broadcast(run_key(cfg, run.hashes) if ctx.rank == 0 else None, ctx)
-        ckpt_dir = out_dir / "checkpoints" / key
-        ema_dir = ckpt_dir / "ema"
-        # rank 0 picks the checkpoint (skipping damaged ones), the others read the same file
-        found = load_latest_checkpoint(ckpt_dir) if ctx.rank == 0 else None
-        ckpt_path = _broadcast(str(found[1]) if found else None, ctx)
-        if ctx.rank == 0:
-            ckpt = found[0] if found else None
-        else:
-            ckpt = load_plain_file(ckpt_path) if ckpt_path else None
-
-        net, notes = _build_network(params, preset, sources, ckpt is not None, ctx)
+    with StageRun(STAGE, params, inputs=input_paths, rank=ctx.rank, extra_params=derived, hashes=hashes) as run:
+        ckpt, ckpt_path = _find_checkpoint(ckpt_dir, ctx)
+        net, notes = _build_network(params, preset, sources, ckpt is not None, inputs, ctx)
         trainable = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
-        run.log_params({"train.run_key": key, "train.num_parameters": sum(p.numel() for _, p in trainable)})
+        parameters = [p for _, p in trainable]
+        run.log_params({"train.run_key": key, "train.num_parameters": sum(p.numel() for p in parameters)})
         run.set_tags(notes)
 
         net.to(ctx.device)
         if ctx.device.type == "cuda":
             configure_cuda_for_training()
         objective = FlowObjective(net)
-        model: nn.Module = objective
-        if ctx.world_size > 1:
-            # broadcast_buffers off: the only buffers are RoPE tables and frequencies computed from the config
-            model = DDP(objective, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-                        broadcast_buffers=False)
-        if cfg.compile:
-            model = torch.compile(model)
-
-        optimizer = build_optimizer([p for _, p in trainable], cfg, amp, ctx.device)
-        scheduler = build_scheduler(optimizer, cfg)
-        ema = PowerEMA(trainable, cfg.ema.sigma_rels) if ctx.rank == 0 else None
-        sampler = None
-        if ctx.rank == 0:
-            sampler = AudioSampler(params, val if val is not None else sources[0].features, cfg.num_audio_samples,
-                                   ctx.device, run)
-        evaluation = None
-        if cfg.eval_interval > 0:
-            from mmaudio.evaluation.evaluate import TrainingEvaluation  # sampling/scoring code only when asked
-
-            evaluation = TrainingEvaluation(params, run, ctx)
-        gen = torch.Generator(ctx.device).manual_seed(cfg.seed)  # the same stream on every rank
+        model = _wrap(objective, cfg, ctx)
+        optimizer = build_optimizer(parameters, cfg, amp, ctx.device)
+        state = TrainState(
+            net=net, optimizer=optimizer, scheduler=build_scheduler(optimizer, cfg), loader=loader,
+            gen=torch.Generator(ctx.device).manual_seed(cfg.seed),  # the same stream on every rank
+            ema=PowerEMA(trainable, cfg.ema.sigma_rels) if ctx.rank == 0 else None,
+            window=fresh_window(ctx.device),
+        )
         torch.manual_seed(rank_seed(cfg.seed, ctx.rank))
-
-        step, history, resumed_from = 0, [], None
-        window = {"loss": 0.0, "grad": 0.0, "steps": 0}  # this rank's sums since the last logged row
+        resumed_from = None
         if ckpt is not None:
-            source = str(ckpt_path)
-            load_state_dict_strict(net, ckpt["model"], source=source)
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            loader.load_state_dict(ckpt["loader"], source=source)
-            ranks = ckpt["ranks"]
-            if len(ranks) != ctx.world_size:
-                log.warning("%s was written by %d processes, resuming with %d: per-process RNG states and "
-                            "metric windows restart", source, len(ranks), ctx.world_size)
-            mine = ranks[ctx.rank] if ctx.rank < len(ranks) else ranks[0]
-            restore_rng_states(mine["rng"], {"step": gen}, source)
-            if len(ranks) == ctx.world_size:
-                window = mine["window"]
-            if ema is not None:
-                ema.load_state_dict(ckpt["ema"], source=source)
-                removed = remove_snapshots_after(ema_dir, int(ckpt["step"]))
+            state.load_state_dict(ckpt, rank=ctx.rank, world_size=ctx.world_size, source=str(ckpt_path))
+            if state.ema is not None:
+                removed = remove_snapshots_after(ema_dir, state.step)
                 if removed:
                     log.info("removed %d EMA snapshots newer than the checkpoint", len(removed))
-            step = resumed_from = int(ckpt["step"])
-            history = [list(map(float, row)) for row in ckpt["history"]]
-            log.info("resumed from %s (step %d)", source, step)
-            run.set_tags({"train.resumed_from_step": step, "train.resumed_from_run": ckpt.get("mlflow_run_id", "")})
+            resumed_from = state.step
+            log.info("resumed from %s (step %d)", ckpt_path, state.step)
+            run.set_tags({"train.resumed_from_step": state.step, "train.resumed_from_run": ckpt.get("mlflow_run_id", "")})
             del ckpt
         log.info(
             "training %s (%d trainable parameters) on %d process(es), %s: %d rows per epoch, global batch %d "
             "(%d per process), %d steps from %d; checkpoints in %s",
-            preset.name, sum(p.numel() for _, p in trainable), ctx.world_size, ctx.device, loader.num_rows,
-            cfg.global_batch_size, per_rank, cfg.num_iterations, step, ckpt_dir,
+            preset.name, sum(p.numel() for p in parameters), ctx.world_size, ctx.device, loader.num_rows,
+            cfg.global_batch_size, per_rank, cfg.num_iterations, state.step, ckpt_dir,
         )
 
         def checkpoint_now() -> None:
-            mine = {"rng": rng_states({"step": gen}),
-                    "window": {"loss": float(window_loss), "grad": float(window_grad), "steps": window_steps}}
-            ranks = _gather(mine, ctx)
+            ranks = _gather(state.rank_state_dict(), ctx)
             if ctx.rank == 0:
-                state = {
-                    "step": step,
-                    "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-                    "ema": ema.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "loader": loader.state_dict(),
-                    "ranks": ranks,  # per process: RNG states, metric window
-                    "history": history,
-                    "config": dataclasses.asdict(params),
-                    "run_key": key,
-                    "mlflow_run_id": run.run_id or "",
-                }
-                path = save_checkpoint(ckpt_dir, state, cfg.keep_last)
-                log.info("checkpoint %s", path)
+                body = state.state_dict(ranks, config=dataclasses.asdict(params), run_key=key,
+                                        mlflow_run_id=run.run_id or "")
+                log.info("checkpoint %s", save_checkpoint(ckpt_dir, body, cfg.keep_last))
             barrier()
 
         val_loss: float | None = None
-        # float32 sums on the device: no host sync per step; exact through a checkpoint (float64 there)
-        window_loss = torch.tensor(window["loss"], dtype=torch.float32, device=ctx.device)
-        window_grad = torch.tensor(window["grad"], dtype=torch.float32, device=ctx.device)
-        window_steps, window_start = int(window["steps"]), time.perf_counter()
         last_loss = math.nan
-        parameters = [p for _, p in trainable]
         objective.train()
-        while step < cfg.num_iterations:
+        while state.step < cfg.num_iterations:
+            # one optimizer step on this rank's rows of the global batch
             batch = loader.next()
-            noise = draw_step_noise(gen, cfg.global_batch_size, latent_shape, cfg, ctx.device)
+            noise = draw_step_noise(state.gen, cfg.global_batch_size, latent_shape, cfg, ctx.device)
             part = rank_slice(cfg.global_batch_size, per_rank, ctx.rank)
             lr = optimizer.param_groups[0]["lr"]
             loss, grad_norm = optimizer_step(
-                model, objective_inputs(batch, noise.rows(part)), optimizer=optimizer, scheduler=scheduler,
-                parameters=parameters, grad_clip=cfg.grad_clip, ema=ema, amp=amp,
+                model, objective_inputs(batch, noise.rows(part)), optimizer=optimizer, scheduler=state.scheduler,
+                parameters=parameters, grad_clip=cfg.grad_clip, ema=state.ema, amp=amp,
             )
-            step += 1
-            window_loss += loss
-            window_grad += grad_norm
-            window_steps += 1
-            final = step == cfg.num_iterations
+            state.step += 1
+            state.window.add(loss, grad_norm)
+            step, final = state.step, state.step == cfg.num_iterations
 
             if step % cfg.log_interval == 0 or final:
-                sums = _all_reduce_sum(torch.stack([window_loss, window_grad]).double(), ctx)
-                elapsed = time.perf_counter() - window_start
-                last_loss = float(sums[0]) / (window_steps * ctx.world_size)
-                metrics = {
-                    "loss": last_loss,
-                    "grad_norm": float(sums[1]) / (window_steps * ctx.world_size),
-                    "lr": lr,
-                    "samples_per_sec": window_steps * cfg.global_batch_size / max(elapsed, 1e-9),
-                    "epoch": loader.epoch + loader.step_in_epoch / loader.steps_per_epoch,
-                }
-                run.log_metrics(metrics, step=step)
-                history.append([float(step), last_loss, math.nan])
-                log.info("step %d/%d loss %.4f grad %.3f lr %.3g %.1f samples/s", step, cfg.num_iterations,
-                         last_loss, metrics["grad_norm"], lr, metrics["samples_per_sec"])
-                window_loss.zero_()
-                window_grad.zero_()
-                window_steps, window_start = 0, time.perf_counter()
-
+                last_loss = _log_window(state, lr, cfg, ctx, run)
             if val is not None and (step % cfg.val_interval == 0 or final):
                 val_loss = validation_loss(objective, val, cfg, ctx, mode, amp)
                 run.log_metrics({"val_loss": val_loss}, step=step)
-                if history and history[-1][0] == step:
-                    history[-1][2] = val_loss
+                if state.history and state.history[-1][0] == step:
+                    state.history[-1][2] = val_loss
                 else:
-                    history.append([float(step), math.nan, val_loss])
+                    state.history.append([float(step), math.nan, val_loss])
                 log.info("step %d val_loss %.4f", step, val_loss)
-            if sampler is not None and (step % cfg.val_interval == 0 or final):
-                sampler(net, step)  # its own generator: the training stream is untouched
-            if evaluation is not None and (step % cfg.eval_interval == 0 or final):
-                evaluation(net, step)  # every rank samples its shard; rank 0 scores and logs eval/<metric>
+            for every in callbacks:  # audio samples, evaluation: their own generators, the training stream is untouched
+                if every.due(step, final):
+                    every.callback(net, step, run)
 
-            if ema is not None and (step % cfg.ema.snapshot_every == 0 or final):
-                ema.snapshot(ema_dir)
+            if state.ema is not None and (step % cfg.ema.snapshot_every == 0 or final):
+                state.ema.snapshot(ema_dir)
             if step % cfg.checkpoint_every == 0 or final:
                 checkpoint_now()
             if halt_after_step is not None and step == halt_after_step and not final:
                 loader.close()
-                return TrainResult(step, last_loss, val_loss, None, ckpt_dir, run.run_id, history, resumed_from, True)
+                return TrainResult(step, last_loss, val_loss, None, ckpt_dir, run.run_id, state.history,
+                                   resumed_from, True)
         loader.close()
 
+        history = state.history
         if val is not None and val_loss is None:
             val_loss = next((row[2] for row in reversed(history) if not math.isnan(row[2])), None)
         if math.isnan(last_loss):
@@ -603,11 +542,32 @@ def train(params: Params, ctx: DistContext | None = None, *, halt_after_step: in
         weights_path = None
         if ctx.rank == 0:
             weights_path = export_ema_weights(net, ema_dir, cfg, out_dir / "weights.pth", run)
-            write_run_files(out_dir, history, last_loss, val_loss, step, run.run_id)
+            write_run_files(out_dir, history, last_loss, val_loss, state.step, run.run_id)
             run.log_outputs([weights_path])
             run.log_artifact(out_dir / "loss.tsv")
         barrier()
-        return TrainResult(step, last_loss, val_loss, weights_path, ckpt_dir, run.run_id, history, resumed_from)
+        return TrainResult(state.step, last_loss, val_loss, weights_path, ckpt_dir, run.run_id, history, resumed_from)
+
+
+def _log_window(state: TrainState, lr: float, cfg: TrainConfig, ctx: DistContext, run: StageRun) -> float:
+    """Log the means over the metric window (all ranks), add a history row, restart the window; the mean loss."""
+    w, loader = state.window, state.loader
+    sums = _all_reduce_sum(torch.stack([w.loss, w.grad]).double(), ctx)
+    elapsed = time.perf_counter() - w.start
+    loss = float(sums[0]) / (w.steps * ctx.world_size)
+    metrics = {
+        "loss": loss,
+        "grad_norm": float(sums[1]) / (w.steps * ctx.world_size),
+        "lr": lr,
+        "samples_per_sec": w.steps * cfg.global_batch_size / max(elapsed, 1e-9),
+        "epoch": loader.epoch + loader.step_in_epoch / loader.steps_per_epoch,
+    }
+    run.log_metrics(metrics, step=state.step)
+    state.history.append([float(state.step), loss, math.nan])
+    log.info("step %d/%d loss %.4f grad %.3f lr %.3g %.1f samples/s", state.step, cfg.num_iterations,
+             loss, metrics["grad_norm"], lr, metrics["samples_per_sec"])
+    w.reset()
+    return loss
 
 
 def export_ema_weights(net: MMAudioNetwork, ema_dir: Path, cfg: TrainConfig, path: Path, run: StageRun) -> Path:

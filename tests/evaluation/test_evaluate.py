@@ -4,6 +4,7 @@ existing MLflow run (a real SQLite store)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -101,12 +102,48 @@ def test_evaluate_writes_scores_and_logs_into_existing_run(ws):
             assert track.sample_rate == RATE and track.num_samples == 128_000
 
     runs = client.search_runs([exp])
-    assert [r.info.run_id for r in runs] == [run_id]  # no second run
+    child = [r for r in runs if r.info.run_id != run_id]
+    assert len(runs) == 2 and len(child) == 1  # the training run and one evaluation run nested under it
+    child_id = child[0].info.run_id
     data = client.get_run(run_id).data
     assert data.metrics["train.loss"] == 1.0
     assert data.metrics["proxy_fd_logmel"] == pytest.approx(doc["proxy_fd_logmel"])
     assert data.metrics["baseline.proxy_fd_logmel"] == pytest.approx(doc["baseline_proxy_fd_logmel"])
+    assert data.tags["eval.run_id"] == child_id
+    assert not any(k.startswith("evaluate.") for k in data.params)  # the training run's params stay its own
     for metric in ("fd_panns", "fd_vgg", "fd_passt", "desync", "ib_score"):
         assert data.tags[f"eval.skipped.{metric}"].startswith("weights absent"), metric
-    artifacts = [a.path for a in client.list_artifacts(run_id, "evaluate/samples")]
+    sub = client.get_run(child_id).data
+    assert sub.tags["mlflow.parentRunId"] == run_id
+    assert sub.params["evaluate.cfg_strength"] == "4.5" and sub.params["evaluate.num_steps"] == "2"
+    assert sub.metrics["proxy_fd_logmel"] == pytest.approx(doc["proxy_fd_logmel"])
+    assert sub.tags["eval.skipped.fd_vgg"].startswith("weights absent")
+    assert sub.params["data.in.train/weights.pth"] == data.tags["eval.in.train/weights.pth"]
+    artifacts = [a.path for a in client.list_artifacts(child_id, "evaluate/samples")]
     assert artifacts == ["evaluate/samples/clip_a.flac"]
+    assert client.list_artifacts(run_id, "evaluate/samples") == []  # samples belong to the evaluation run
+
+
+def test_two_evaluations_of_one_training_keep_their_settings(ws):
+    """`dvc exp run -S evaluate.cfg_strength=3` after a default evaluation: both runs, both settings, in a
+    real SQLite store, nested under the one training run."""
+    from mlflow.tracking import MlflowClient
+
+    root, params = ws
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    exp = client.create_experiment("mmaudio")
+    run_id = client.create_run(exp).info.run_id
+    (root / "train" / "mlflow_run_id.txt").write_text(run_id + "\n")
+    quick = {"crepe": False, "baseline": False, "num_logged_samples": 0}
+    first = evaluate_mod.evaluate(dataclasses.replace(params, evaluate=dataclasses.replace(params.evaluate, **quick)))
+    second = evaluate_mod.evaluate(
+        dataclasses.replace(params, evaluate=dataclasses.replace(params.evaluate, cfg_strength=3.0, **quick)))
+
+    children = client.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{run_id}'",
+                                  order_by=["attributes.start_time ASC"])
+    assert [c.data.params["evaluate.cfg_strength"] for c in children] == ["4.5", "3.0"]
+    assert [c.data.metrics["proxy_fd_logmel"] for c in children] == [
+        pytest.approx(first["proxy_fd_logmel"]), pytest.approx(second["proxy_fd_logmel"])]
+    train = client.get_run(run_id).data
+    assert train.tags["eval.run_id"] == children[1].info.run_id  # the latest evaluation
+    assert train.metrics["proxy_fd_logmel"] == pytest.approx(second["proxy_fd_logmel"])

@@ -39,8 +39,8 @@ def test_evaluate_during_training_logs_eval_metrics_at_step(ws, monkeypatch):
     run = RecordingRun()
     net.train()
     rng = torch.get_rng_state()
-    evaluation = TrainingEvaluation(params, run)
-    scores = evaluation(net, 7)
+    evaluation = TrainingEvaluation(params)
+    scores = evaluation(net, 7, run)
     assert torch.equal(torch.get_rng_state(), rng)  # building extractors/decoders drew nothing from it
     assert net.training  # mode restored for the training loop
 
@@ -55,7 +55,7 @@ def test_evaluate_during_training_logs_eval_metrics_at_step(ws, monkeypatch):
     scorer = evaluation.scorer
     built = []
     monkeypatch.setattr(evaluate_mod, "SetScorer", lambda *a, **k: built.append(1))
-    again = evaluation(net, 14)
+    again = evaluation(net, 14, run)
     assert evaluation.scorer is scorer and not built
     assert again == scores
     assert {step for k, _, step in run.metrics if k == "eval/fd_vgg"} == {7, 14}
@@ -66,7 +66,7 @@ def test_evaluate_during_training_function_without_extractors(ws):
     for f in (root / "ext_eval").iterdir():
         f.unlink()
     run = RecordingRun()
-    scores = TrainingEvaluation(params, run)(net, 3)
+    scores = TrainingEvaluation(params)(net, 3, run)
     assert not set(OFFICIAL_METRICS) & set(scores)
     assert {k for k, _, _ in run.metrics} >= {"eval/proxy_fd_logmel", "eval/proxy_onset_gt_f1"}
     assert run.tags["train.eval.skipped.desync"].startswith("weights absent")
@@ -76,7 +76,7 @@ def test_training_evaluation_needs_a_video_val_set(ws):
     _, params, _ = ws
     raw = {"train": {"val_dataset": None}}
     with pytest.raises(ValueError, match="train.val_dataset"):
-        TrainingEvaluation(validate(_merge(params, raw)), RecordingRun())
+        TrainingEvaluation(validate(_merge(params, raw)))
 
 
 def _merge(params, raw):
@@ -110,7 +110,7 @@ def test_train_logs_eval_scores_every_eval_interval(tmp_path, monkeypatch, examp
     import mlflow
     import yaml
 
-    from mmaudio.training.train import train
+    from mmaudio.train_stage import train
 
     monkeypatch.chdir(tmp_path)
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MLFLOW_TRACKING_URI"):

@@ -27,7 +27,7 @@ from mmaudio.evaluation.extractors.imagebind import (
     save_imagebind,
     select_built_modalities,
 )
-from mmaudio.evaluation.resolver import MissingWeightError
+from mmaudio.weights import MissingWeightsError
 from mmaudio.weights import WeightFileError, load_weight_file
 from tests.helpers import assert_keys_match, load_manifest, save_with, save_without, tiny_model_fixtures
 from tests.helpers import one_thread  # noqa: F401  (autouse)
@@ -228,7 +228,7 @@ def test_loading_is_strict_for_the_built_towers(tiny_file: Path, tmp_path: Path)
 
 
 def test_missing_file_names_file_and_source(tmp_path: Path) -> None:
-    with pytest.raises(MissingWeightError) as err:
+    with pytest.raises(MissingWeightsError) as err:
         load_imagebind(preset="tiny", ext_dir=tmp_path)
     assert "imagebind_huge.pth" in str(err.value)
     assert "dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth" in str(err.value)

@@ -20,7 +20,7 @@ from mmaudio.evaluation.extractors.panns import (
     load_panns,
     save_panns,
 )
-from mmaudio.evaluation.resolver import MissingWeightError
+from mmaudio.weights import MissingWeightsError
 from mmaudio.weights import WeightFileError, load_weight_file, save_weight_file
 from tests.helpers import assert_frozen_with_params, assert_matches_manifest, num_state_elements, tiny_model_fixtures
 from tests.helpers import one_thread  # noqa: F401  (autouse)
@@ -161,7 +161,7 @@ def test_wrong_files_raise_naming_the_file(tiny_file: Path, tmp_path: Path) -> N
         load_panns(missing, "tiny")
     with pytest.raises(WeightFileError, match=r"Cnn14_16k_mAP=0\.438\.pth.*shape mismatches"):
         load_panns(tiny_file, "official")
-    with pytest.raises(MissingWeightError, match="Cnn14_16k_mAP=0.438.pth"):
+    with pytest.raises(MissingWeightsError, match="Cnn14_16k_mAP=0.438.pth"):
         load_panns(None, "tiny", ext_dir=tmp_path / "nowhere")
 
 

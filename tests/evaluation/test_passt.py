@@ -20,7 +20,7 @@ from mmaudio.evaluation.extractors.passt import (
     passt_log_mel,
     save_passt,
 )
-from mmaudio.evaluation.resolver import MissingWeightError
+from mmaudio.weights import MissingWeightsError
 from mmaudio.weights import WeightFileError, load_weight_file, save_weight_file
 from tests.helpers import assert_frozen_with_params, assert_matches_manifest, save_without, tiny_model_fixtures
 from tests.helpers import one_thread  # noqa: F401  (autouse)
@@ -123,7 +123,7 @@ def test_wrong_files_raise_naming_the_file(tiny_file: Path, tmp_path: Path) -> N
         load_passt(wrapped, "tiny")
     with pytest.raises(WeightFileError, match=r"ap\.476-swa\.pt.*shape mismatches"):
         load_passt(tiny_file, "official")
-    with pytest.raises(MissingWeightError, match="passt-s-f128-p16-s10-ap.476-swa.pt"):
+    with pytest.raises(MissingWeightsError, match="passt-s-f128-p16-s10-ap.476-swa.pt"):
         load_passt(None, "tiny", ext_dir=tmp_path / "nowhere")
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mmaudio.evaluation import resolver
-from mmaudio.evaluation.resolver import EVALUATION_WEIGHTS, MissingWeightError, WeightSource, resolve_weight
+from mmaudio.weights import manifest
+from mmaudio.evaluation.resolver import EVALUATION_WEIGHTS, MissingWeightsError, WeightSource, resolve_weight
 from mmaudio.weights import WeightFileError
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
@@ -66,7 +66,7 @@ def test_hf_cache_with_a_different_file_name_in_the_repo(tmp_path, no_network):
 
 def test_a_missing_explicit_path_is_an_error_not_a_fallback(tmp_path, no_network):
     (tmp_path / "imagebind_huge.pth").write_bytes(b"x")
-    with pytest.raises(MissingWeightError) as err:
+    with pytest.raises(MissingWeightsError) as err:
         resolve_weight("imagebind_huge.pth", explicit=tmp_path / "nope.pth", ext_dir=tmp_path)
     text = str(err.value)
     assert "imagebind_huge.pth" in text and str(tmp_path / "nope.pth") in text
@@ -74,7 +74,7 @@ def test_a_missing_explicit_path_is_an_error_not_a_fallback(tmp_path, no_network
 
 
 def test_missing_registry_file_names_its_source_and_unknown_size(tmp_path, no_network):
-    with pytest.raises(MissingWeightError) as err:
+    with pytest.raises(MissingWeightsError) as err:
         resolve_weight("Cnn14_16k_mAP=0.438.pth", ext_dir=tmp_path / "ext_weights", hf_cache_dir=tmp_path / "hf")
     text = str(err.value)
     assert "'Cnn14_16k_mAP=0.438.pth'" in text
@@ -84,7 +84,7 @@ def test_missing_registry_file_names_its_source_and_unknown_size(tmp_path, no_ne
 
 
 def test_missing_unregistered_file_names_the_given_repo_and_size(tmp_path, no_network):
-    with pytest.raises(MissingWeightError) as err:
+    with pytest.raises(MissingWeightsError) as err:
         resolve_weight("custom.pt", ext_dir=tmp_path, hf_repo="me/custom", size=123, hf_cache_dir=tmp_path / "hf")
     text = str(err.value)
     assert "'custom.pt'" in text and "Hugging Face repo me/custom" in text and "123 bytes" in text
@@ -94,7 +94,7 @@ def test_missing_unregistered_file_names_the_given_repo_and_size(tmp_path, no_ne
 def test_every_registered_file_fails_offline_with_its_source(tmp_path, no_network):
     for name, source in EVALUATION_WEIGHTS.items():
         assert source.filename == name and (source.url or source.hf_repo)
-        with pytest.raises(MissingWeightError) as err:
+        with pytest.raises(MissingWeightsError) as err:
             resolve_weight(name, ext_dir=tmp_path, hf_cache_dir=tmp_path / "hf")
         assert name in str(err.value)
         assert (source.url or f"Hugging Face repo {source.hf_repo}") in str(err.value)
@@ -127,10 +127,10 @@ def _serve(monkeypatch, payload: bytes) -> list[str]:
 def test_download_only_when_allowed_and_verified_before_it_lands(tmp_path, monkeypatch):
     payload = b"weights"
     source = WeightSource("w.pth", "test", url="https://example.invalid/w.pth", md5=hashlib.md5(payload).hexdigest())
-    monkeypatch.setitem(resolver.EVALUATION_WEIGHTS, "w.pth", source)
+    monkeypatch.setitem(manifest.WEIGHT_FILES, "w.pth", source)
     requested = _serve(monkeypatch, payload)
 
-    with pytest.raises(MissingWeightError):
+    with pytest.raises(MissingWeightsError):
         resolve_weight("w.pth", ext_dir=tmp_path, hf_cache_dir=tmp_path / "hf")
     assert requested == []
     path = resolve_weight("w.pth", ext_dir=tmp_path, allow_download=True, hf_cache_dir=tmp_path / "hf")
@@ -140,7 +140,7 @@ def test_download_only_when_allowed_and_verified_before_it_lands(tmp_path, monke
 
 def test_a_download_with_the_wrong_checksum_leaves_nothing_behind(tmp_path, monkeypatch):
     source = WeightSource("w.pth", "test", url="https://example.invalid/w.pth", md5="0" * 32)
-    monkeypatch.setitem(resolver.EVALUATION_WEIGHTS, "w.pth", source)
+    monkeypatch.setitem(manifest.WEIGHT_FILES, "w.pth", source)
     _serve(monkeypatch, b"tampered")
     with pytest.raises(WeightFileError, match="md5"):
         resolve_weight("w.pth", ext_dir=tmp_path, allow_download=True)

@@ -33,7 +33,7 @@ from mmaudio.evaluation.extractors.synchformer_av import (
     sync_log_mel,
     window_bounds,
 )
-from mmaudio.evaluation.resolver import MissingWeightError
+from mmaudio.weights import MissingWeightsError
 from mmaudio.weights import WeightFileError, load_weight_file, save_weight_file
 from tests.helpers import (
     assert_frozen_with_params,
@@ -226,7 +226,7 @@ def test_loading_is_strict(tiny_file: Path, tmp_path: Path) -> None:
 
 
 def test_missing_file_names_file_and_source(tmp_path: Path) -> None:
-    with pytest.raises(MissingWeightError) as err:
+    with pytest.raises(MissingWeightsError) as err:
         load_synchformer_av(preset="tiny", ext_dir=tmp_path)
     message = str(err.value)
     assert "synchformer_state_dict.pth" in message

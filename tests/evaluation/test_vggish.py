@@ -21,7 +21,7 @@ from mmaudio.evaluation.extractors.vggish import (
     save_vggish,
     waveform_to_examples,
 )
-from mmaudio.evaluation.resolver import MissingWeightError
+from mmaudio.weights import MissingWeightsError
 from mmaudio.weights import WeightFileError, load_weight_file, save_weight_file
 from tests.helpers import (
     assert_frozen_with_params,
@@ -144,7 +144,7 @@ def test_wrong_files_raise_naming_the_file(tiny_file: Path, tmp_path: Path) -> N
         load_vggish(only_pca, "tiny")
     with pytest.raises(WeightFileError, match=r"vggish-10086976\.pth.*shape mismatches"):
         load_vggish(tiny_file, "official")
-    with pytest.raises(MissingWeightError, match="vggish-10086976.pth"):
+    with pytest.raises(MissingWeightsError, match="vggish-10086976.pth"):
         load_vggish(tmp_path / "absent.pth", "tiny")
 
 

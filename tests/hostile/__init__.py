@@ -2,5 +2,5 @@
 
 ``generators`` writes the hostile and the good inputs; ``corpus`` holds the cases, each a hostile
 input run through the real library entry point beside good data, with its exact expected outcome.
-``bench/hostile_report.py`` runs the same cases and prints a table.
+``python -m tests.hostile.report`` runs the same cases and prints a table.
 """

@@ -273,7 +273,7 @@ def _(tmp, good):
 @case("partition reject of 'a\\b.wav' carried into extraction", "media", "accepted", "audio_rows",
       r"1 clip\(s\) to extract; carried rejects \['a\\\\b\.wav'\]")
 def _(tmp, good):
-    from mmaudio.clip_sources import audio_rows
+    from mmaudio.segments import audio_rows
     from mmaudio.config import AudioDatasetConfig
     from mmaudio.partition import CLIP_COLUMNS
     from mmaudio.tables import write_rejects
@@ -558,7 +558,7 @@ def _video_ds(tmp: Path, good: GoodMedia, index_rows: list[dict]) -> "object":
 @case("index TSV whose file column is an absolute path (read back unchecked before)", "tsv", "raised", "TableError",
       r".*/index\.tsv:3: id 'b': column 'file': file name '/.*/outside\.mp4' is not a plain file name \(path separator or '\.\.'\)")
 def _(tmp, good):
-    from mmaudio.clip_sources import video_rows
+    from mmaudio.segments import video_rows
 
     outside = gen.copy_into(good.mp4, tmp / "elsewhere", "outside.mp4")
     ds = _video_ds(tmp, good, [{"id": "good_a", "label": "ok", "file": "good_a.mp4"}, {"id": "b", "label": "x", "file": str(outside)}])
@@ -569,7 +569,7 @@ def _(tmp, good):
 @case("index TSV whose file column names another id's file", "tsv", "raised", "TableError",
       r".*/index\.tsv: id 'b': file 'good_a\.mp4' is not 'b' with one of \.mp4, \.mkv, \.webm, \.mov, \.avi")
 def _(tmp, good):
-    from mmaudio.clip_sources import video_rows
+    from mmaudio.segments import video_rows
 
     ds = _video_ds(tmp, good, [{"id": "b", "label": "x", "file": "good_a.mp4"}])
     return raised(lambda: video_rows(ds), TableError)
@@ -578,7 +578,7 @@ def _(tmp, good):
 @case("clip TSV with a negative start_sample", "tsv", "raised", "TableError",
       r".*/clips\.tsv:3: id 'good_1': column 'start_sample': '-5' is not a non-negative integer")
 def _(tmp, good):
-    from mmaudio.clip_sources import audio_rows
+    from mmaudio.segments import audio_rows
     from mmaudio.config import AudioDatasetConfig
     from mmaudio.partition import CLIP_COLUMNS
 

@@ -108,7 +108,7 @@ def test_auto_picks_the_plain_path_on_cpu_and_bad_choices_are_refused():
 @pytest.mark.gpu
 def test_compiled_default_step_matches_eager_reference_on_gpu():
     """What training runs on a GPU (compiled, default kernels, bf16) against the eager plain-kernel
-    reference, same weights, inputs and random draws. bench/train_step.py reports the same ratio at
+    reference, same weights, inputs and random draws. bench/perf/train_step.py reports the same ratio at
     full size (small_16k, batch 256: 0.99980 on an H200)."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")

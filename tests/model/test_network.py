@@ -23,7 +23,7 @@ from mmaudio.model.network import (
     load_network_weights,
     save_network_weights,
 )
-from mmaudio.model.sequence import SEQUENCE_CONFIGS, get_sequence_config
+from mmaudio.modes import mode_spec
 from mmaudio.weights import WeightFileError, load_weight_file, save_weight_file
 
 KEYS_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "keys"
@@ -125,16 +125,7 @@ def test_tiny_keeps_official_structure_and_data_contract(tiny: str) -> None:
     assert sum(p.numel() for p in tiny_net.parameters()) < 3_000_000
 
 
-def test_sequence_lengths_per_mode() -> None:
-    s16, s44 = get_sequence_config("16k"), get_sequence_config("44k")
-    assert (s16.latent_seq_len, s16.clip_seq_len, s16.sync_seq_len, s16.text_seq_len, s16.num_audio_samples) == (
-        250, 64, 192, 77, 128000)
-    assert (s44.latent_seq_len, s44.clip_seq_len, s44.sync_seq_len, s44.text_seq_len, s44.num_audio_samples) == (
-        345, 64, 192, 77, 353280)
-    assert s16.num_sync_segments == 24 and s16.sync_features_per_segment == 8
-    assert set(SEQUENCE_CONFIGS) == {"16k", "44k"}
-    with pytest.raises(KeyError, match="22k"):
-        get_sequence_config("22k")
+def test_unknown_network_preset() -> None:
     with pytest.raises(KeyError, match="huge"):
         get_network_preset("huge")
 
@@ -149,7 +140,7 @@ def test_tiny_forward_shapes(name: str) -> None:
     with torch.no_grad():
         flow = net(**x)
         cond = net.preprocess_conditions(x["clip_f"], x["sync_f"], x["text_f"])
-    latent_len = get_sequence_config(net.preset.mode).latent_seq_len
+    latent_len = mode_spec(net.preset.mode).latent_seq_len
     assert flow.shape == (2, latent_len, net.preset.latent_dim)
     assert torch.isfinite(flow).all() and flow.std() > 0.1
     d = net.preset.hidden_dim

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import torch
 
-from mmaudio.extraction import Shard, ShardManifest, ShardStore
+from mmaudio.extraction.shards import Shard, ShardManifest, ShardStore
 from mmaudio.training.checkpoint import (
-    REQUIRED_KEYS,
     checkpoint_path,
     load_latest_checkpoint,
     save_checkpoint,
     sidecar_path,
 )
+from mmaudio.training.state import REQUIRED_CHECKPOINT_KEYS as REQUIRED_KEYS
 
 
 def _state(step: int) -> dict:
@@ -33,7 +33,7 @@ def test_checkpoints_carry_a_size_and_hash_record_and_old_ones_go_with_it(tmp_pa
     _three_checkpoints(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "ckpt-000000020.pt", "ckpt-000000020.pt.sum", "ckpt-000000030.pt", "ckpt-000000030.pt.sum"]
-    state, path = load_latest_checkpoint(tmp_path)
+    state, path = load_latest_checkpoint(tmp_path, REQUIRED_KEYS)
     assert path == checkpoint_path(tmp_path, 30) and torch.equal(state["model"]["w"], torch.full((64, 64), 30.0))
 
 
@@ -43,7 +43,7 @@ def test_truncated_latest_checkpoint_falls_back_with_a_warning_naming_it(tmp_pat
     data = latest.read_bytes()
     latest.write_bytes(data[: len(data) // 2])  # a disk fault cut it short
     with caplog.at_level(logging.WARNING, logger="mmaudio.training.checkpoint"):
-        state, path = load_latest_checkpoint(tmp_path)
+        state, path = load_latest_checkpoint(tmp_path, REQUIRED_KEYS)
     assert path == checkpoint_path(tmp_path, 20) and state["step"] == 20
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warned) == 1 and str(latest) in warned[0] and "truncated" in warned[0]
@@ -60,7 +60,7 @@ def test_same_size_overwrite_is_caught_by_the_hash(tmp_path, caplog):
     data[at : at + 4] = b"\x00\x00\x80\x7f"  # +inf in place of 30.0
     latest.write_bytes(bytes(data))
     with caplog.at_level(logging.WARNING, logger="mmaudio.training.checkpoint"):
-        state, path = load_latest_checkpoint(tmp_path)
+        state, path = load_latest_checkpoint(tmp_path, REQUIRED_KEYS)
     assert state["step"] == 20
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warned) == 1 and str(latest) in warned[0] and "SHA-256" in warned[0]
@@ -69,7 +69,7 @@ def test_same_size_overwrite_is_caught_by_the_hash(tmp_path, caplog):
 def test_checkpoint_without_its_record_is_still_used_when_it_loads(tmp_path):
     _three_checkpoints(tmp_path)
     sidecar_path(checkpoint_path(tmp_path, 30)).unlink()  # killed between the two renames
-    state, _ = load_latest_checkpoint(tmp_path)
+    state, _ = load_latest_checkpoint(tmp_path, REQUIRED_KEYS)
     assert state["step"] == 30
 
 
@@ -78,7 +78,7 @@ def test_every_checkpoint_damaged_means_none(tmp_path, caplog):
     for step in (20, 30):
         checkpoint_path(tmp_path, step).write_bytes(b"x")
     with caplog.at_level(logging.WARNING, logger="mmaudio.training.checkpoint"):
-        assert load_latest_checkpoint(tmp_path) is None
+        assert load_latest_checkpoint(tmp_path, REQUIRED_KEYS) is None
     assert sum(r.levelno == logging.WARNING for r in caplog.records) == 2
 
 

@@ -1,25 +1,18 @@
-"""A reduced kill drill (bench/kill_drills.py): SIGKILL the real train and extract_audio stage
+"""A reduced kill drill (tests/reliability/kill_drills.py, whose CLI prints the full drill's table): SIGKILL the real train and extract_audio stage
 processes at seeded moments, including mid-checkpoint-write, restart them, and require bit-equal
 final outputs and restarts that resume from the newest valid checkpoint / every finished shard."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.reliability import kill_drills
+
 pytestmark = pytest.mark.slow
 
 
 def _drills():
-    spec = importlib.util.spec_from_file_location("kill_drills", REPO / "bench" / "kill_drills.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+    return kill_drills
 
 
 def test_train_survives_kills_mid_checkpoint_and_ends_bit_equal(tmp_path):

@@ -2,7 +2,7 @@
 
 from mmaudio.model.network import NETWORK_PRESETS, NetworkPreset
 
-MICRO = NetworkPreset(name="micro_16k", mode="16k", latent_dim=20, num_heads=1, head_dim=16, depth=2, fused_depth=1)
+MICRO = NetworkPreset(name="micro_16k", mode="16k", num_heads=1, head_dim=16, depth=2, fused_depth=1)
 
 
 def register() -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import mmaudio.train_stage as train_stage
 import mmaudio.training.train as train_module
 from mmaudio.features import FeatureSet, write_feature_set
 from tests.training.conftest import synthetic_rows, train_params
@@ -65,7 +66,7 @@ def test_bf16_set_holds_the_rounded_rows_in_half_the_bytes(roots):
 def _train(roots, dtype: str, workspace: Path, **kw):
     params = train_params(roots[dtype], workspace / dtype, num_iterations=12, log_interval=2, val_interval=6,
                           checkpoint_every=100, **kw)
-    return train_module.train(params)
+    return train_stage.train(params)
 
 
 def test_training_loss_matches_float32_storage(roots, workspace, monkeypatch):

@@ -32,7 +32,9 @@ def gpu_train(monkeypatch):
     import mmaudio.training.train as train_module
 
     monkeypatch.setattr(train_module, "StageRun", NullRun)
-    return train_module.train
+    from mmaudio.train_stage import train
+
+    return train
 
 
 @pytest.mark.parametrize("compile_", [False, True])

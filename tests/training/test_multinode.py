@@ -20,7 +20,7 @@ import pytest
 import torch
 import yaml
 
-from mmaudio.training.train import train
+from mmaudio.train_stage import train
 from tests.training.conftest import assert_same_training, train_params, train_raw
 
 DRIVER = Path(__file__).with_name("ddp_driver.py")

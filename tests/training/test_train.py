@@ -22,7 +22,8 @@ from mmaudio.model.network import build_network, load_network_weights
 from mmaudio.training.checkpoint import list_checkpoints, load_latest_checkpoint
 from mmaudio.training.ema import list_snapshots
 from mmaudio.training.loader import latent_stats
-from mmaudio.training.train import per_rank_batch_size, train
+from mmaudio.train_stage import train
+from mmaudio.training.loader import per_rank_batch_size
 from tests.training.conftest import REPO, train_params, train_raw
 from tests.training.presets import MICRO
 
@@ -262,3 +263,45 @@ def test_unreadable_checkpoint_files_name_the_file_and_the_reason(tmp_path):
     code.write_bytes(pickle.dumps({"step": 3, "f": print}))
     with pytest.raises(CheckpointError, match=r"code\.pt holds objects other than tensors"):
         load_plain_file(code)
+
+
+def test_the_stage_composes_inputs_and_callbacks_with_evaluate_settings(workspace, feature_root, tiny_weights):
+    """The trainer's audio samples follow evaluate.* (cfg_strength included) and the sampler is the
+    evaluation's: the guidance changes the sampled latents, the same settings reproduce them."""
+    import dataclasses
+
+    from mmaudio.distributed import DistContext
+    from mmaudio.evaluation.audio_samples import AudioSamples
+    from mmaudio.evaluation.sampling import sample_latents, sampling_options
+    from mmaudio.train_stage import train_callbacks, train_inputs
+    from mmaudio.training.loader import TrainSource, read_rows
+
+    shutil.copytree(tiny_weights, workspace / "ext_weights" / "tiny")
+    base = train_params(feature_root, workspace / "s", num_audio_samples=1, val_interval=7)
+    params = dataclasses.replace(base, evaluate=dataclasses.replace(base.evaluate, cfg_strength=3.0, num_steps=3))
+    ctx = DistContext(0, 1, 0, torch.device("cpu"))
+    callbacks = train_callbacks(params, ctx)
+    assert [(c.interval, type(c.callback)) for c in callbacks] == [(7, AudioSamples)]  # eval_interval 0: no evaluation
+    samples = callbacks[0].callback
+    assert samples.options == sampling_options(params.evaluate)
+    assert (samples.options.cfg_strength, samples.options.num_steps) == (3.0, 3)
+    assert train_callbacks(params, ctx._replace(rank=1)) == []  # samples are rank 0's
+    inputs = train_inputs(params)
+    assert inputs.empty_string_file == workspace / "ext_weights" / "tiny" / "empty_string.pth"
+    assert inputs.empty_string_source == "ext_weights/tiny/empty_string.pth" and inputs.empty_string.shape[0] == 77
+
+    torch.manual_seed(0)
+    net = build_network(MICRO, latent_mean=torch.zeros(20), latent_std=torch.ones(20)).eval()
+    with torch.no_grad():
+        for p in net.parameters():  # the training init zeroes the output: give every path a say
+            p.add_(0.05 * torch.randn_like(p))
+    idx = torch.arange(1)
+    batch = read_rows([TrainSource("s", samples.features)], torch.zeros_like(idx), idx, "16k")
+    args = (batch.clip_features, batch.sync_features, batch.text_features, [0])
+
+    def latents(options):
+        return sample_latents(net, *args, options, video_exist=batch.video_exist)
+
+    at_3 = latents(samples.options)
+    assert torch.equal(at_3, latents(samples.options))
+    assert not torch.allclose(at_3, latents(dataclasses.replace(samples.options, cfg_strength=1.0)))

@@ -35,7 +35,7 @@ def load_extractor(
     """``factory()`` holding the weights of ``read(path)``, loaded strictly, on ``device``, in eval mode.
 
     ``path=None`` resolves ``file_name`` (``ext_dir/<file_name>``, the Hugging Face cache, a download
-    only with ``allow_download``); a missing file raises :class:`~mmaudio.evaluation.resolver.MissingWeightError`.
+    only with ``allow_download``); a missing file raises :class:`~mmaudio.evaluation.resolver.MissingWeightsError`.
     """
     path = resolve_weight(file_name, explicit=path, ext_dir=ext_dir, allow_download=allow_download)
     state_dict = read(path)

@@ -1,7 +1,7 @@
 """Kill drills: SIGKILL the train and extract_audio stages at seeded random moments, restart them each
 time, and check that the final outputs equal an uninterrupted run's bit for bit.
 
-    python bench/kill_drills.py [--train-kills 10] [--extract-kills 5] [--seed 0] [--workdir DIR]
+    python -m tests.reliability.kill_drills [--train-kills 10] [--extract-kills 5] [--seed 0] [--workdir DIR]
 
 Training runs the real stage entry point (stages/train.py, through tests/training/ddp_driver.py which
 only registers the test-size `micro_16k` preset; `--network tiny_16k` uses the registered tiny preset)
@@ -35,10 +35,9 @@ from pathlib import Path
 import torch
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from mmaudio.training.checkpoint import load_latest_checkpoint
 
-from mmaudio.training.checkpoint import load_latest_checkpoint  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 TRAIN_MODES = ("ckpt_write", "sidecar_write", "ema_write", "startup", "delay")
 
@@ -252,7 +251,7 @@ def _extract_project(root: Path, clips: int) -> Path:
 
 
 def extract_drill(root: Path, kills: int, seed: int, clips: int, timeout: float) -> DrillResult:
-    from mmaudio.extraction import work_dir_for
+    from mmaudio.extraction.shards import work_dir_for
     from mmaudio.features import FeatureSet
 
     res = DrillResult("extract_audio")

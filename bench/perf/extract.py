@@ -1,8 +1,8 @@
 """Video feature extraction throughput with official-size encoders (random weights, no files needed).
 
-    python bench/extract.py --out bench/results          # GPU: 4 configurations, ~4 min on one H100/H200
-    python bench/extract.py --configs amp=0,batch=8,workers=12 amp=1,batch=16,workers=14 --num-clips 160
-    python bench/extract.py --tiny --device cpu --num-clips 6 --configs amp=0,batch=2,workers=1   # smoke test
+    python bench/perf/extract.py --out bench/results          # GPU: 4 configurations, ~4 min on one H100/H200
+    python bench/perf/extract.py --configs amp=0,batch=8,workers=12 amp=1,batch=16,workers=14 --num-clips 160
+    python bench/perf/extract.py --tiny --device cpu --num-clips 6 --configs amp=0,batch=2,workers=1   # smoke test
 
 Clips are the example videos (generated into a temp folder unless --media-dir holds videos), repeated
 to --num-clips. For each configuration (bf16 autocast on/off, batch size, decoding workers) the clips
@@ -35,15 +35,17 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from mmaudio.clip_sources import ClipBatch, ClipRow, VideoClipDataset  # noqa: E402
+from mmaudio.segments import ClipBatch, ClipRow, VideoClipDataset  # noqa: E402
 from mmaudio.encoders.clip import CLIPEncoder, build_clip  # noqa: E402
-from mmaudio.encoders.facade import bf16_autocast  # noqa: E402
+from mmaudio.encoders.feature_encoders import bf16_autocast  # noqa: E402
 from mmaudio.encoders.mel import MelConverter  # noqa: E402
 from mmaudio.encoders.synchformer import build_synchformer_visual  # noqa: E402
 from mmaudio.encoders.vae import AudioVAE, waveform_to_latent  # noqa: E402
-from mmaudio.extraction import AUDIO_SPECS, DURATION_SEC, DeviceBatches, decode_plan, encode_batch, make_loader  # noqa: E402
+from mmaudio.extraction.pipeline import DeviceBatches, decode_plan, encode_batch, make_loader  # noqa: E402
+from mmaudio.choices import choice_values  # noqa: E402
+from mmaudio.modes import AudioMode, mode_spec  # noqa: E402
 from mmaudio.media_index import VIDEO_SUFFIXES  # noqa: E402
 
 SECTIONS = ("clip", "synchformer", "vae", "text")
@@ -103,7 +105,7 @@ class Timer:
 
 class RandomEncoders:
     """The four encoders of video extraction at official (or tiny) size with random weights, timed
-    per call; the same interface and arithmetic as mmaudio.encoders.facade.FeatureEncoders."""
+    per call; the same interface and arithmetic as mmaudio.encoders.feature_encoders.FeatureEncoders."""
 
     def __init__(self, mode: str, tiny: bool, device: torch.device, timer: Timer):
         self.device, self.timer, self.amp = device, timer, False
@@ -225,7 +227,7 @@ def main() -> None:
                     help=f"amp=0|1,batch=N,workers=N each (GPU default: {' '.join(DEFAULT_GPU_CONFIGS)})")
     ap.add_argument("--num-clips", type=int, default=96, help="clips per configuration")
     ap.add_argument("--warmup-batches", type=int, default=2, help="batches left out of the steady state")
-    ap.add_argument("--mode", choices=sorted(AUDIO_SPECS), default="16k")
+    ap.add_argument("--mode", choices=choice_values(AudioMode), default="16k")
     ap.add_argument("--tiny", action="store_true", help="tiny encoders (a CPU smoke test)")
     ap.add_argument("--no-tf32", action="store_true", help="full fp32 matmuls (upstream extracts with TF32)")
     ap.add_argument("--sync-debug", action="store_true", help="warn at every host-device synchronisation (CUDA)")
@@ -245,10 +247,10 @@ def main() -> None:
         media_dir = Path(tempfile.mkdtemp(prefix="bench-extract-")) / "examples"
         generate_examples(media_dir, seed=0)
         media_dir = media_dir / "video"
-    spec = AUDIO_SPECS[args.mode]
+    spec = mode_spec(args.mode)
     dataset = VideoClipDataset(
-        video_rows(media_dir, args.num_clips), sample_rate=spec.sample_rate, num_samples=spec.num_samples,
-        duration_sec=DURATION_SEC, normalize_audio=True,
+        video_rows(media_dir, args.num_clips), sample_rate=spec.sample_rate, num_samples=spec.num_audio_samples,
+        duration_sec=spec.duration_sec, normalize_audio=True,
     )
 
     decode = {w: measure_decode(dataset, w, configs[0].batch_size) for w in sorted({c.num_workers for c in configs})}
@@ -266,7 +268,7 @@ def main() -> None:
         f"{name}, {torch.get_num_threads()} intra-op threads, {datetime.date.today()}, "
         f"TF32 {'n/a' if device.type != 'cuda' else 'off' if args.no_tf32 else 'on'}; "
         f"{args.num_clips} clips per configuration, first {args.warmup_batches} batches left out; encoders built in {build_s:.1f} s.",
-        f"Command: python bench/extract.py {' '.join(sys.argv[1:])}",
+        f"Command: python bench/perf/extract.py {' '.join(sys.argv[1:])}",
     ]
     table = render(header, decode, rows)
     print("\n" + table)

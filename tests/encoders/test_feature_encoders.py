@@ -11,8 +11,8 @@ import torch
 from huggingface_hub import constants as hf_constants
 
 from mmaudio.encoders.clip import CLIPEncoder, load_clip
-from mmaudio.encoders.facade import FeatureEncoders
-from mmaudio.encoders.profiles import MissingWeightsError
+from mmaudio.encoders.feature_encoders import FeatureEncoders
+from mmaudio.encoders.profiles import VAE_FILES, MissingWeightsError
 from mmaudio.encoders.tiny import CLIP_FILE_NAME
 from mmaudio.weights import WeightFileError, load_weight_file, save_weight_file
 from tests.helpers import one_thread  # noqa: F401  (autouse)
@@ -91,7 +91,7 @@ def test_video_and_text_features_follow_the_contract(encoders: FeatureEncoders) 
 
 
 def test_loaded_weights_are_the_files(tiny_root: Path, encoders: FeatureEncoders) -> None:
-    vae_file = tiny_root / TINY / ("v1-16.pth" if encoders.mode == "16k" else "v1-44.pth")
+    vae_file = tiny_root / TINY / VAE_FILES[encoders.mode]
     state = load_weight_file(vae_file)
     assert all(torch.equal(v, state[k]) for k, v in encoders.vae.state_dict().items())
     sync = load_weight_file(tiny_root / TINY / "synchformer_state_dict.pth")

@@ -1,6 +1,6 @@
 """Numerical parity of every encoder with upstream MMAudio, as one table.
 
-    python bench/parity_encoders.py --upstream /path/to/MMAudio [--deps DIR ...] [--only vae,clip]
+    python bench/parity/encoders.py --upstream /path/to/MMAudio [--deps DIR ...] [--only vae,clip]
 
 Runs ``run()`` of bench/parity/{vae,vocoder,synchformer,clip}.py (mel + audio VAE, BigVGAN 16k and
 v2, Synchformer visual, CLIP image/text) on CPU in float32 and prints, per compared output, the
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 TOLERANCE = 1e-5

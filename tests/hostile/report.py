@@ -1,6 +1,6 @@
 """Run the hostile-input corpus (tests/hostile) and print what happened to every case.
 
-    python bench/hostile_report.py [--match TEXT] [--width 100]
+    python -m tests.hostile.report [--match TEXT] [--width 100]
 
 Each case runs in a forked child process, so a hostile file that crashes native code (a segfault
 in a decoder) or hangs shows up as a row of the table instead of ending the report. Columns: the
@@ -20,12 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from tests.hostile.corpus import CASES, Case, Outcome, run_case  # noqa: E402
-from tests.hostile.generators import GoodMedia, make_good_media  # noqa: E402
+from tests.hostile.corpus import CASES, Case, Outcome, run_case
+from tests.hostile.generators import GoodMedia, make_good_media
 
 CASE_TIMEOUT_SEC = 300
 

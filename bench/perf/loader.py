@@ -1,9 +1,9 @@
 """Loader throughput: random-order batches from a synthetic small_16k video feature set written in the
 data contract's format, once stored float32 and once bfloat16 (the same rows).
 
-    python bench/loader.py --out bench/out                             # GPU machine: 20 GB fp32 + 10 GB bf16
-    python bench/loader.py --size-gb 0.3 --steps 4 --max-seconds 0.5   # CPU smoke test (< 1 minute)
-    python bench/loader.py --dir /data/lb --skip-write                 # reuse sets written by an earlier run
+    python bench/perf/loader.py --out bench/out                             # GPU machine: 20 GB fp32 + 10 GB bf16
+    python bench/perf/loader.py --size-gb 0.3 --steps 4 --max-seconds 0.5   # CPU smoke test (< 1 minute)
+    python bench/perf/loader.py --dir /data/lb --skip-write                 # reuse sets written by an earlier run
 
 Loaders, each with the page cache warm and cold:
   ours      mmaudio.training.loader.TrainLoader with 0 (read in the loop), 1 or 2 reader threads; it
@@ -52,7 +52,7 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from mmaudio.features import STORAGE_DTYPES, FeatureSet, FeatureSetWriter, feature_shapes  # noqa: E402

@@ -1,11 +1,11 @@
 """Time the full training step of the flow network: ours (several kernel choices) against upstream's.
 
-    python bench/train_step.py --network small_16k --batch 256 [--upstream DIR] [--profile] [--out DIR]
-    torchrun --standalone --nproc_per_node=2 bench/train_step.py --batch 512 --variants gemm
-    python bench/train_step.py --network large_44k --batch 64 --variants gemm,upstream
+    python bench/perf/train_step.py --network small_16k --batch 256 [--upstream DIR] [--profile] [--out DIR]
+    torchrun --standalone --nproc_per_node=2 bench/perf/train_step.py --batch 512 --variants gemm
+    python bench/perf/train_step.py --network large_44k --batch 64 --variants gemm,upstream
 
 One step = what training does per optimizer step, on synthetic features already on the GPU (the loader
-is timed by bench/loader.py): draw the step's randomness, the flow-matching loss under bf16 autocast,
+is timed by bench/perf/loader.py): draw the step's randomness, the flow-matching loss under bf16 autocast,
 backward, grad-norm clipping, fused AdamW, lr schedule, EMA update of two widths. Variants:
 
     eager     our step without torch.compile, plain kernels (the numerical reference)
@@ -49,13 +49,13 @@ import torch.distributed as dist
 from torch.nn.attention import SDPBackend, sdpa_kernel
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from bench.parity.common import upstream_package  # noqa: E402
 from bench.parity.network import _randomize, _upstream_network  # noqa: E402
 from mmaudio.config import validate  # noqa: E402
-from mmaudio.features import LATENT_SHAPES  # noqa: E402
+from mmaudio.modes import mode_spec  # noqa: E402
 from mmaudio.model import layers  # noqa: E402
 from mmaudio.model.network import build_network, get_network_preset  # noqa: E402
 from mmaudio.training.ema import PowerEMA  # noqa: E402
@@ -124,7 +124,7 @@ def sync(device: torch.device) -> None:
 
 def synthetic_batch(mode: str, rows: int, device: torch.device, seed: int) -> Batch:
     g = torch.Generator().manual_seed(seed)
-    n, c = LATENT_SHAPES[mode]
+    n, c = mode_spec(mode).latent_shape
     return Batch(
         latent_mean=torch.randn(rows, n, c, generator=g),
         latent_std=torch.rand(rows, n, c, generator=g) * 0.1,
@@ -172,7 +172,7 @@ def our_step(variant: str, network: str, batch: Batch, global_batch: int, state:
     scheduler = build_scheduler(optimizer, cfg)
     ema = PowerEMA(trainable, cfg.ema.sigma_rels) if rank == 0 else None
     gen = torch.Generator(device).manual_seed(seed)
-    latent_shape = LATENT_SHAPES[net.preset.mode]
+    latent_shape = mode_spec(net.preset.mode).latent_shape
     part = rank_slice(global_batch, len(batch), rank)
 
     def step() -> torch.Tensor:
@@ -280,7 +280,7 @@ def model_flops(network: str, batch: Batch, global_batch: int, state: dict, devi
     net.load_state_dict(state)
     objective = FlowObjective(net.to(device))
     gen = torch.Generator(device).manual_seed(seed)
-    noise = draw_step_noise(gen, len(batch), LATENT_SHAPES[net.preset.mode], cfg, device)
+    noise = draw_step_noise(gen, len(batch), mode_spec(net.preset.mode).latent_shape, cfg, device)
     with FlopCounterMode(display=False) as counter:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             loss = objective(*objective_inputs(batch, noise)).mean()

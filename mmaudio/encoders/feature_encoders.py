@@ -34,13 +34,11 @@ from mmaudio.encoders.mel import MelConverter
 from mmaudio.encoders.profiles import COMPONENTS, check_weights, weight_paths
 from mmaudio.encoders.synchformer import SynchformerVisual, load_synchformer_visual
 from mmaudio.encoders.vae import AudioVAE, latent_to_mel, load_vae, waveform_to_latent
+from mmaudio.modes import mode_spec
 
 __all__ = ["FeatureEncoders", "DEFAULT_COMPONENTS", "COMPONENTS", "bf16_autocast", "weight_paths"]
 
 DEFAULT_COMPONENTS: tuple[str, ...] = ("audio", "clip", "sync", "text", "empty_string", "vocoder")
-# 8 s of audio per mode, the clip length features are extracted for (a multiple of the VAE's
-# 2 * hop samples per latent frame: 16k -> 250 frames, 44k -> 345)
-CLIP_SAMPLES: dict[str, int] = {"16k": 128_000, "44k": 353_280}
 
 
 def bf16_autocast(device: torch.device, enabled: bool) -> AbstractContextManager:
@@ -122,11 +120,11 @@ class FeatureEncoders:
 
     @property
     def sample_rate(self) -> int:
-        return 16_000 if self.mode == "16k" else 44_100
+        return mode_spec(self.mode).sample_rate
 
     @property
     def clip_samples(self) -> int:
-        return CLIP_SAMPLES[self.mode]
+        return mode_spec(self.mode).num_audio_samples
 
     # -- audio ------------------------------------------------------------------------------
 

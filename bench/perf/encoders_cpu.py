@@ -1,6 +1,6 @@
 """CPU time of a weight profile's encoders on one 8 s clip, per component and in total.
 
-    python bench/encoders_cpu.py [--profile tiny] [--mode 16k] [--threads 1] [--repeats 5]
+    python bench/perf/encoders_cpu.py [--profile tiny] [--mode 16k] [--threads 1] [--repeats 5]
 
 One clip as extraction sees it: audio at the mode's rate (128000 / 353280 samples) -> mel -> VAE
 (mean, std); 64 CLIP frames at 384 px (uint8); 200 Synchformer frames at 224 px (uint8); one caption.
@@ -21,12 +21,14 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from mmaudio.encoders.facade import CLIP_SAMPLES, FeatureEncoders  # noqa: E402
+from mmaudio.choices import Profile, choice_values  # noqa: E402
+from mmaudio.encoders.feature_encoders import FeatureEncoders  # noqa: E402
 from mmaudio.encoders.profiles import get_profile  # noqa: E402
 from mmaudio.encoders.tiny import write_tiny_weights  # noqa: E402
+from mmaudio.modes import AudioMode  # noqa: E402
 
 CAPTION = "a dog barks twice while a car passes by on a wet street"
 
@@ -43,7 +45,7 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
 
 def bench(encoders: FeatureEncoders, repeats: int, seed: int = 0) -> list[tuple[str, str, float]]:
     gen = torch.Generator().manual_seed(seed)
-    wave = torch.rand(1, CLIP_SAMPLES[encoders.mode], generator=gen) * 1.6 - 0.8  # (1, L)
+    wave = torch.rand(1, encoders.clip_samples, generator=gen) * 1.6 - 0.8  # (1, L)
     clip_frames = torch.randint(0, 256, (1, 64, 3, 384, 384), generator=gen, dtype=torch.uint8)
     sync_frames = torch.randint(0, 256, (1, 200, 3, 224, 224), generator=gen, dtype=torch.uint8)
     cases = [
@@ -61,8 +63,8 @@ def bench(encoders: FeatureEncoders, repeats: int, seed: int = 0) -> list[tuple[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", default="tiny", choices=["tiny", "official"])
-    parser.add_argument("--mode", default="16k", choices=["16k", "44k"])
+    parser.add_argument("--profile", default="tiny", choices=choice_values(Profile))
+    parser.add_argument("--mode", default="16k", choices=choice_values(AudioMode))
     parser.add_argument("--root", default=None, help="repository root holding ext_weights/ (default: this repo)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--repeats", type=int, default=5)
@@ -72,7 +74,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="encoders_cpu_") as tmp:
         root = Path(args.root) if args.root else REPO
         profile = get_profile(args.profile)
-        if args.profile == "tiny" and not (root / profile.root).is_dir():
+        if profile.written_by is not None and not (root / profile.root).is_dir():
             root = Path(tmp)
             write_tiny_weights(root / profile.root, seed=0)
             print(f"(tiny weights written to {root / profile.root})")

@@ -1,7 +1,7 @@
 """Training throughput of train() on synthetic feature sets (no MLflow): one row per setting.
 
-    python bench/train_throughput.py --network small_16k --batch 64 --steps 40 [--compile] [--no-amp]
-    torchrun --standalone --nproc_per_node=2 bench/train_throughput.py --network small_16k --batch 128
+    python bench/perf/train_throughput.py --network small_16k --batch 64 --steps 40 [--compile] [--no-amp]
+    torchrun --standalone --nproc_per_node=2 bench/perf/train_throughput.py --network small_16k --batch 128
 
 Prints network, processes, device, global batch, compile, amp, steady-state samples/s (the mean of the
 logged windows after the first, which holds compilation and warm-up) and peak GPU memory.
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from mmaudio.config import validate  # noqa: E402
@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--work", default=None, help="folder for the synthetic sets (default: a temp folder)")
     args = ap.parse_args()
 
+    import mmaudio.train_stage as train_stage
     import mmaudio.training.train as train_module
 
     ctx = init_distributed("auto")
@@ -79,7 +80,7 @@ def main() -> None:
     train_module.TrainLoader.next = timed_next
     if ctx.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    result = train_module.train(params, ctx)
+    result = train_stage.train(params, ctx)
     steady = marks[len(marks) // 4 :]  # skip compilation and warm-up
     if len(steady) > 1:
         rates.append((len(steady) - 1) * args.batch / (steady[-1] - steady[0]))
