@@ -30,11 +30,39 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class SyncClipsConfig:
+    """Clips per split of the learnable example set (mmaudio.sync_examples); 0: none."""
+
+    train: int = 0
+    val: int = 0
+    test: int = 0
+
+
+@dataclass
 class ExamplesConfig:
     """The example-media generator (stage `make_examples`)."""
 
     seed: int = 0
     out_dir: str = "data/examples"
+    sync_clips: SyncClipsConfig = field(default_factory=SyncClipsConfig)
+    sync_frame_size: int = 64  # square frames (pixels) of the learnable set
+
+
+@dataclass
+class CodecConfig:
+    """Training of the tiny VAE and vocoder inside stage `tiny_weights` (mmaudio.codec_training)."""
+
+    modes: list[str] = field(default_factory=lambda: ["16k"])  # modes whose VAE + vocoder are trained; others stay random
+    vae_steps: int = 1000
+    vocoder_steps: int = 600
+    vae_batch_size: int = 8
+    vocoder_batch_size: int = 4
+    vae_segment_frames: int = 64  # mel frames per training segment
+    vocoder_segment_frames: int = 32
+    learning_rate: float = 2.0e-3
+    kl_weight: float = 1.0e-4
+    checkpoint_every: int = 100  # steps between resumable states in <out_dir>.work/
+    num_threads: int = 1  # torch CPU threads: the result depends on it, so it is a param
 
 
 @dataclass
@@ -43,6 +71,8 @@ class TinyWeightsConfig:
 
     seed: int = 0
     out_dir: str = "ext_weights/tiny"  # where the `tiny` profile reads them (mmaudio.encoders.profiles)
+    examples_dir: str | None = None  # example media (make_examples' out_dir) to train the codec on; null: codec stays random
+    codec: CodecConfig = field(default_factory=CodecConfig)
 
 
 @dataclass
@@ -161,6 +191,7 @@ class EvaluateConfig:
     events_tsv: str | None = "data/examples/events.tsv"  # known event times for proxy_onset_event_*; null: none
     crepe: bool = True  # proxy_fd_crepe with torchcrepe's tiny model on CPU
     baseline: bool = True  # also score the untrained network (init from train.seed): baseline_* scores
+    shuffled_control: bool = True  # also score the trained network given another clip's video: shuffled_* scores
     num_logged_samples: int = 2  # sample flac files logged to MLflow as artifacts
     extractor_dir: str = "ext_weights"  # where the av-benchmark extractor files are looked for (by official file name)
     extractor_preset: str = "official"  # official | tiny: the architecture those files hold (tiny: tests only)
@@ -331,11 +362,35 @@ def _check_values(p: Params, source: str) -> None:
     _check_train(p, source)
     _check_network_mode(p, source)
     _check_evaluate(p.evaluate, source)
+    _check_examples_and_codec(p, source)
     if p.partition.min_duration_sec < p.partition.segment_sec:
         raise ConfigError(
             f"{source}: key 'partition.min_duration_sec' ({p.partition.min_duration_sec}) must be >= "
             f"'partition.segment_sec' ({p.partition.segment_sec})"
         )
+
+
+def _check_examples_and_codec(p: Params, source: str) -> None:
+    for split in ("train", "val", "test"):
+        n = getattr(p.examples.sync_clips, split)
+        if not 0 <= n <= 100_000:
+            raise ConfigError(f"{source}: key 'examples.sync_clips.{split}' must be in [0, 100000], got {n}")
+    size = p.examples.sync_frame_size
+    if not 16 <= size <= 1024 or size % 2:
+        raise ConfigError(f"{source}: key 'examples.sync_frame_size' must be even and in [16, 1024], got {size}")
+    c = p.tiny_weights.codec
+    bad = [m for m in c.modes if m not in ("16k", "44k")]
+    if bad or len(set(c.modes)) != len(c.modes):
+        raise ConfigError(f"{source}: key 'tiny_weights.codec.modes' must list distinct modes of ('16k', '44k'), got {list(c.modes)}")
+    for key, low in (("vae_steps", 0), ("vocoder_steps", 0), ("vae_batch_size", 1), ("vocoder_batch_size", 1),
+                     ("vae_segment_frames", 4), ("vocoder_segment_frames", 4), ("checkpoint_every", 1), ("num_threads", 1)):
+        if getattr(c, key) < low:
+            raise ConfigError(f"{source}: key 'tiny_weights.codec.{key}' must be >= {low}, got {getattr(c, key)}")
+    for key in ("vae_segment_frames", "vocoder_segment_frames"):
+        if getattr(c, key) % 2:
+            raise ConfigError(f"{source}: key 'tiny_weights.codec.{key}' must be even, got {getattr(c, key)}")
+    if c.learning_rate <= 0 or c.kl_weight < 0:
+        raise ConfigError(f"{source}: keys 'tiny_weights.codec.learning_rate' must be > 0 and 'kl_weight' >= 0")
 
 
 def _check_dataset_name(name: str, source: str) -> None:

@@ -9,8 +9,11 @@ Output folder (``evaluate.out_dir``)::
 
     samples/{id}.flac           generated audio of the trained network (model rate, mono)
     baseline_samples/{id}.flac  the same with the untrained network (evaluate.baseline)
+    shuffled_samples/{id}.flac  the trained network given another clip's video features of the same kind
+                                (evaluate.shuffled_control; mmaudio.evaluation.sync)
+    spectrograms/{prefix}{id}.png  log-mel of the logged samples, known events (red) and detected onsets (white)
     gt/{id}.flac                the ground truth, cut as extraction cut it (first 8 s, mono, not normalised)
-    scores.json                 DVC metrics: every score; the baseline's as baseline_<key>
+    scores.json                 DVC metrics: every score; the controls' as baseline_<key> / shuffled_<key>
 
 Official av-benchmark metrics (fd_panns, fd_passt, fd_vgg, kl_panns, kl_passt, isc_panns = IS,
 isc_passt, ib_score, desync; :mod:`mmaudio.evaluation.official`) are computed by the extractors whose
@@ -41,6 +44,7 @@ from mmaudio.segments import video_rows
 from mmaudio.config import Params, find_repo_root
 from mmaudio.distributed import DistContext, barrier
 from mmaudio.evaluation.proxies import (
+    detect_onsets,
     events_in_window,
     proxy_fd_crepe,
     proxy_fd_logmel,
@@ -56,6 +60,7 @@ from mmaudio.evaluation.sampling import (
     untrained_network,
     write_flac,
 )
+from mmaudio.evaluation.sync import ShuffledVideo, write_spectrogram_png
 from mmaudio.features import FeatureSet
 from mmaudio.model.network import MMAudioNetwork
 from mmaudio.media import FrameSpec, load_video_clip
@@ -69,6 +74,9 @@ STAGE = "evaluate"
 CLIP_SECONDS = 8.0
 SCORES_JSON = "scores.json"
 CREPE_MODEL = "tiny"
+SHUFFLED_PREFIX = "shuffled_"
+CONTROL_PREFIXES = ("baseline_", SHUFFLED_PREFIX)  # logged to MLflow as baseline.<key> / shuffled.<key>
+ONSET_TOLERANCE_SEC = 0.1  # proxy_onset_*: an onset within +-100 ms of a reference counts as matched
 CREPE_HOP_SEC = 0.05  # 20 embeddings per second: 160 per 8 s clip, ample for a 32-dim covariance; keeps CPU cost low
 
 
@@ -138,12 +146,13 @@ def score_audio(
     """(proxy scores, skipped proxies with reasons) of generated clips against the ground truth."""
     ids = list(pred)
     scores = proxy_fd_logmel([pred[i] for i in ids], [gt[i] for i in ids], sample_rate)
-    scores |= proxy_onset_sync({i: pred[i] for i in ids}, sample_rate, gt_waves={i: gt[i] for i in ids})
+    scores |= proxy_onset_sync({i: pred[i] for i in ids}, sample_rate, gt_waves={i: gt[i] for i in ids},
+                               tolerance_sec=ONSET_TOLERANCE_SEC)
     skipped: dict[str, str] = {}
     with_events = [i for i in ids if events and i in events]
     if with_events:
         scores |= proxy_onset_sync({i: pred[i] for i in with_events}, sample_rate,
-                                   event_times={i: events[i] for i in with_events})
+                                   event_times={i: events[i] for i in with_events}, tolerance_sec=ONSET_TOLERANCE_SEC)
     else:
         skipped["proxy_onset_event"] = "no clip of this set has known event times"
     if crepe:
@@ -257,10 +266,12 @@ def evaluate(
             if run.run_id is not None:
                 train_run.set_tags({"eval.run_id": run.run_id})  # the latest evaluation's own run
         net = load_trained_network(params.train.network, weights, ctx.device)
-        nets = {"": net}
+        runs = {"": (net, features)}
         if cfg.baseline:
-            nets["baseline_"] = untrained_network(params.train.network, params.train.seed, net, ctx.device)
-        latents = {prefix: sample_feature_set(n, features, options, ctx) for prefix, n in nets.items()}
+            runs["baseline_"] = (untrained_network(params.train.network, params.train.seed, net, ctx.device), features)
+        if cfg.shuffled_control:  # the trained network with another clip's video (mmaudio.evaluation.sync)
+            runs[SHUFFLED_PREFIX] = (net, ShuffledVideo(features))
+        latents = {prefix: sample_feature_set(n, f, options, ctx) for prefix, (n, f) in runs.items()}
         if not ctx.is_main:
             barrier()
             return {}
@@ -302,8 +313,12 @@ def _score_and_write(
         if not prefix:
             skipped |= k
         notes |= {f"{prefix}{key}": v for key, v in n.items()}
-        for i in ids[: cfg.num_logged_samples]:
+        for i in _logged_ids(ids, scorer.events, cfg.num_logged_samples):
             runs[0].log_artifact(folder / f"{i}.flac", artifact_path=f"evaluate/{prefix}samples")
+            events = scorer.events.get(i) if scorer.events else None
+            png = write_spectrogram_png(out_dir / "spectrograms" / f"{prefix}{i}.png", waves[i], rate, events,
+                                        detect_onsets(waves[i], rate))
+            runs[0].log_artifact(png, artifact_path=f"evaluate/{prefix}spectrograms")
 
     skipped |= scorer.skipped_official
     for metric, reason in sorted(skipped.items()):
@@ -316,15 +331,28 @@ def _score_and_write(
     (out_dir / SCORES_JSON).write_text(json.dumps(doc, indent=2) + "\n")
     finite = {k: v for k, v in scores.items() if math.isfinite(v)}
     # baseline keys go to MLflow as baseline.<key>, the trained ones under their own names
-    run.log_metrics({(f"baseline.{k[len('baseline_'):]}" if k.startswith("baseline_") else k): v
-                     for k, v in finite.items()})
+    run.log_metrics({_mlflow_key(k): v for k, v in finite.items()})
     run.set_tags({f"eval.skipped.{m}": r for m, r in skipped.items()})
     run.set_tags({f"eval.note.{m}": r for m, r in notes.items()})
     run.set_tags({"eval.dataset": cfg.dataset, "eval.solver": cfg.solver, "eval.num_steps": cfg.num_steps,
-                  "eval.seed": cfg.seed, "eval.rows": len(ids), "eval.extractor_preset": cfg.extractor_preset})
+                  "eval.seed": cfg.seed, "eval.rows": len(ids), "eval.extractor_preset": cfg.extractor_preset,
+                  "eval.onset_tolerance_sec": ONSET_TOLERANCE_SEC})
     run.set_tags({f"eval.out.{relpath(out_dir / SCORES_JSON, root)}": dvc_hash(out_dir / SCORES_JSON)})
     log.info("scores: %s", json.dumps(doc))
     return scores
+
+
+def _mlflow_key(key: str) -> str:
+    for prefix in CONTROL_PREFIXES:
+        if key.startswith(prefix):
+            return f"{prefix[:-1]}.{key[len(prefix):]}"
+    return key
+
+
+def _logged_ids(ids: list[str], events: Mapping[str, np.ndarray] | None, n: int) -> list[str]:
+    """The first ``n`` clips, those with known events first (their spectrograms show the sync)."""
+    with_events = [i for i in ids if events and len(events.get(i, ())) > 0]
+    return (with_events + [i for i in ids if i not in with_events])[:n]
 
 
 class _Fanout:
