@@ -61,11 +61,39 @@ def error_report(e: ConfigError) -> str:
 
 
 @dataclass
+class SyncClipsConfig:
+    """Clips per split of the learnable example set (mmaudio.sync_examples); 0: none."""
+
+    train: int = 0
+    val: int = 0
+    test: int = 0
+
+
+@dataclass
 class ExamplesConfig:
     """The example-media generator (stage `make_examples`)."""
 
     seed: int = 0
     out_dir: str = "data/examples"
+    sync_clips: SyncClipsConfig = field(default_factory=SyncClipsConfig)
+    sync_frame_size: int = 64  # square frames (pixels) of the learnable set
+
+
+@dataclass
+class CodecConfig:
+    """Training of the tiny VAE and vocoder inside stage `tiny_weights` (mmaudio.codec_training)."""
+
+    modes: list[str] = field(default_factory=lambda: ["16k"])  # modes whose VAE + vocoder are trained; others stay random
+    vae_steps: int = 1000
+    vocoder_steps: int = 600
+    vae_batch_size: int = 8
+    vocoder_batch_size: int = 4
+    vae_segment_frames: int = 64  # mel frames per training segment
+    vocoder_segment_frames: int = 32
+    learning_rate: float = 2.0e-3
+    kl_weight: float = 1.0e-4
+    checkpoint_every: int = 100  # steps between resumable states in <out_dir>.work/
+    num_threads: int = 1  # torch CPU threads: the result depends on it, so it is a param
 
 
 @dataclass
@@ -74,6 +102,8 @@ class TinyWeightsConfig:
 
     seed: int = 0
     out_dir: str = "ext_weights/tiny"  # where the `tiny` profile reads them (mmaudio.encoders.profiles)
+    examples_dir: str | None = None  # example media (make_examples' out_dir) to train the codec on; null: codec stays random
+    codec: CodecConfig = field(default_factory=CodecConfig)
 
 
 @dataclass
@@ -192,6 +222,7 @@ class EvaluateConfig:
     events_tsv: str | None = "data/examples/events.tsv"  # known event times for proxy_onset_event_*; null: none
     crepe: bool = True  # proxy_fd_crepe with torchcrepe's tiny model on CPU
     baseline: bool = True  # also score the untrained network (init from train.seed): baseline_* scores
+    shuffled_control: bool = True  # also score the trained network given another clip's video: shuffled_* scores
     num_logged_samples: int = 2  # sample flac files logged to MLflow as artifacts
     extractor_dir: str = "ext_weights"  # where the av-benchmark extractor files are looked for (by official file name)
     extractor_preset: str = "official"  # official | tiny: the architecture those files hold (tiny: tests only)
@@ -225,6 +256,9 @@ class Params:
 
 
 PROFILES = choice_values(Profile)
+# Seeds are drawn into derived seeds (per rank, per row, per file) by multiplication; 32 bits keep
+# every derived seed inside the 64 bits torch and numpy accept.
+MAX_SEED = 2**32 - 1
 
 
 def find_repo_root(start: str | os.PathLike | None = None) -> Path:
@@ -250,6 +284,7 @@ def load_params(overrides: Sequence[str] = (), root: str | os.PathLike | None = 
     if not path.is_file():
         raise ConfigError(f"{path} does not exist")
     try:
+        _refuse_alias_bombs(path)
         with initialize_config_dir(config_dir=str(root), version_base=None):
             raw = compose(config_name=Path(PARAMS_FILE).stem, overrides=list(overrides))
     except HydraException as e:
@@ -264,6 +299,58 @@ def load_params(overrides: Sequence[str] = (), root: str | os.PathLike | None = 
         raise ConfigError(f"{path}: a YAML alias refers to itself") from e
     _check_complete(raw, Params, "", str(path))
     return validate(raw, source=str(path), overrides=overrides)
+
+
+MAX_YAML_NODES = 100_000  # params.yaml has a few hundred; an alias bomb expands to billions
+MAX_YAML_DEPTH = 64  # params.yaml nests 4 deep; far deeper would exhaust Python's stack in OmegaConf
+
+
+def _refuse_alias_bombs(path: Path) -> None:
+    """Count the nodes ``path`` would expand to, following aliases, without expanding them.
+
+    YAML aliases share one node, so nested aliases ("billion laughs") grow the loaded tree
+    exponentially while the file stays small; OmegaConf would copy every branch and exhaust memory.
+    """
+    try:
+        root = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except RecursionError as e:
+        raise ConfigError(f"{path}: its YAML nests deeper than {MAX_YAML_DEPTH} levels; refused") from e
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in open_nodes:
+            raise ConfigError(f"{path}: a YAML alias refers to itself")
+        open_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            n = 1 + sum(size(k) + size(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            n = 1 + sum(size(v) for v in node.value)
+        else:
+            n = 1
+        open_nodes.discard(id(node))
+        sizes[id(node)] = n
+        return n
+
+    def depth(node: yaml.Node, level: int) -> None:
+        if level > MAX_YAML_DEPTH:
+            raise ConfigError(f"{path}: its YAML nests deeper than {MAX_YAML_DEPTH} levels; refused")
+        if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and id(node) not in seen:
+            seen.add(id(node))
+            for child in (c for pair in node.value for c in pair) if isinstance(node, yaml.MappingNode) else node.value:
+                depth(child, level + 1)
+
+    seen: set[int] = set()
+    if root is not None:
+        depth(root, 1)
+    total = size(root) if root is not None else 0
+    if total > MAX_YAML_NODES:
+        raise ConfigError(
+            f"{path}: its YAML aliases expand to {total} values (at most {MAX_YAML_NODES} are read); "
+            "refused before expanding them"
+        )
 
 
 def _yaml_reason(e: yaml.YAMLError) -> str:
@@ -300,15 +387,42 @@ def _check_values(p: Params, source: str) -> None:
         raise ConfigError(f"{source}: key 'partition.max_segments' must be >= 1, got {p.partition.max_segments}")
     if p.partition.segment_sec <= 0:
         raise ConfigError(f"{source}: key 'partition.segment_sec' must be > 0, got {p.partition.segment_sec}")
+    for key, seed in (("examples.seed", p.examples.seed), ("tiny_weights.seed", p.tiny_weights.seed)):
+        _check_range(source, key, seed, 0, MAX_SEED)
     _check_extract(p.extract, source)
+    _check_tracking(p.tracking, source)
     _check_train(p, source)
     _check_network_mode(p, source)
     _check_evaluate(p.evaluate, source)
+    _check_examples_and_codec(p, source)
     if p.partition.min_duration_sec < p.partition.segment_sec:
         raise ConfigError(
             f"{source}: key 'partition.min_duration_sec' ({p.partition.min_duration_sec}) must be >= "
             f"'partition.segment_sec' ({p.partition.segment_sec})"
         )
+
+
+def _check_examples_and_codec(p: Params, source: str) -> None:
+    for split in ("train", "val", "test"):
+        n = getattr(p.examples.sync_clips, split)
+        if not 0 <= n <= 100_000:
+            raise ConfigError(f"{source}: key 'examples.sync_clips.{split}' must be in [0, 100000], got {n}")
+    size = p.examples.sync_frame_size
+    if not 16 <= size <= 1024 or size % 2:
+        raise ConfigError(f"{source}: key 'examples.sync_frame_size' must be even and in [16, 1024], got {size}")
+    c = p.tiny_weights.codec
+    bad = [m for m in c.modes if m not in ("16k", "44k")]
+    if bad or len(set(c.modes)) != len(c.modes):
+        raise ConfigError(f"{source}: key 'tiny_weights.codec.modes' must list distinct modes of ('16k', '44k'), got {list(c.modes)}")
+    for key, low in (("vae_steps", 0), ("vocoder_steps", 0), ("vae_batch_size", 1), ("vocoder_batch_size", 1),
+                     ("vae_segment_frames", 4), ("vocoder_segment_frames", 4), ("checkpoint_every", 1), ("num_threads", 1)):
+        if getattr(c, key) < low:
+            raise ConfigError(f"{source}: key 'tiny_weights.codec.{key}' must be >= {low}, got {getattr(c, key)}")
+    for key in ("vae_segment_frames", "vocoder_segment_frames"):
+        if getattr(c, key) % 2:
+            raise ConfigError(f"{source}: key 'tiny_weights.codec.{key}' must be even, got {getattr(c, key)}")
+    if c.learning_rate <= 0 or c.kl_weight < 0:
+        raise ConfigError(f"{source}: keys 'tiny_weights.codec.learning_rate' must be > 0 and 'kl_weight' >= 0")
 
 
 def _check_dataset_name(name: str, source: str) -> None:
@@ -358,8 +472,12 @@ def _check_train(p: Params, source: str) -> None:
         )
     if not 0.0 <= t.null_condition_probability <= 1.0:
         raise ConfigError(f"{source}: key 'train.null_condition_probability' must be in [0, 1], got {t.null_condition_probability}")
-    if t.learning_rate <= 0 or t.grad_clip <= 0 or t.logit_normal_scale <= 0:
-        raise ConfigError(f"{source}: keys 'train.learning_rate', 'train.grad_clip', 'train.logit_normal_scale' must be > 0")
+    for key in ("learning_rate", "grad_clip", "logit_normal_scale"):
+        _check_range(source, f"train.{key}", getattr(t, key), 0.0, math.inf, low_open=True)
+    # a negative decay pushes weights away from zero; gamma <= 0 would zero or negate the lr at a milestone
+    _check_range(source, "train.weight_decay", t.weight_decay, 0.0, 1.0)
+    _check_range(source, "train.gamma", t.gamma, 0.0, 1.0, low_open=True)
+    _check_range(source, "train.seed", t.seed, 0, MAX_SEED)
     if sorted(t.milestones) != list(t.milestones) or any(m < 1 for m in t.milestones):
         raise ConfigError(f"{source}: key 'train.milestones' must be increasing positive steps, got {list(t.milestones)}")
     for name, repeat in t.datasets.items():
@@ -402,6 +520,28 @@ def _check_evaluate(e: EvaluateConfig, source: str) -> None:
     for key, low in (("num_steps", 1), ("batch_size", 1), ("num_logged_samples", 0)):
         if getattr(e, key) < low:
             raise ConfigError(f"{source}: key 'evaluate.{key}' must be >= {low}, got {getattr(e, key)}")
+    _check_range(source, "evaluate.seed", e.seed, 0, MAX_SEED)
+    _check_range(source, "evaluate.cfg_strength", e.cfg_strength, 0.0, math.inf)
+
+
+def _check_range(source: str, key: str, value: float, low: float, high: float, *, low_open: bool = False) -> None:
+    """``value`` in [low, high] (or (low, high] with ``low_open``), else an error naming key, value and range."""
+    if (value <= low if low_open else value < low) or value > high:
+        shown = "inf)" if high == math.inf else ("2**32 - 1]" if high == MAX_SEED else f"{high:g}]")
+        raise ConfigError(f"{source}: key '{key}' must be in {'(' if low_open else '['}{low:g}, {shown}, got {value}")
+
+
+def _check_tracking(t: TrackingConfig, source: str) -> None:
+    from mmaudio.tracking import redact_credentials  # the one definition of what a secret in a URI looks like
+
+    # params.yaml is committed, copied into dvc.lock and experiment commits and logged to MLflow: a
+    # password there is a password in every clone; the environment keeps it on this machine
+    if t.uri and redact_credentials(t.uri) != t.uri:
+        raise ConfigError(
+            f"{source}: key 'tracking.uri' ({redact_credentials(t.uri)}) carries credentials; keep the URI plain "
+            "and put them in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN, "
+            "or the whole URI in MLFLOW_TRACKING_URI"
+        )
 
 
 def _check_complete(raw: Any, schema: type, prefix: str, source: str) -> None:

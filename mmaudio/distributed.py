@@ -8,7 +8,10 @@ torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT) is read 
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import sys
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import NamedTuple
@@ -62,6 +65,7 @@ def init_distributed(device: str = "auto", timeout_min: float = 60.0) -> DistCon
     rendezvous. ``timeout_min`` bounds collectives such as the barrier before a merge, where a fast
     rank may wait for slower ones.
     """
+    die_with_launcher()
     rank = _env_int("RANK", 0)
     world_size = _env_int("WORLD_SIZE", 1)
     local_rank = _env_int("LOCAL_RANK", 0)
@@ -75,6 +79,27 @@ def init_distributed(device: str = "auto", timeout_min: float = 60.0) -> DistCon
             device_id=dev if dev.type == "cuda" else None,
         )
     return DistContext(rank, world_size, local_rank, dev)
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_launcher() -> None:
+    """Under torchrun on Linux: have the kernel SIGKILL this worker when its launcher dies.
+
+    torchrun starts each worker in a session of its own, so killing the launcher's process group
+    (what happens to a killed ``dvc repro``) would leave the worker training on and racing the rerun
+    in the same checkpoint folder. Checkpoints are written aside and renamed, so a SIGKILL loses at
+    most the steps since the last one. Elsewhere (plain ``python``, other systems) this does nothing.
+    """
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    launcher = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != launcher:  # it died before the call took effect
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def barrier() -> None:

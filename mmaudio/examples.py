@@ -27,6 +27,7 @@ import numpy as np
 
 from mmaudio.config import Params
 from mmaudio.paths import clear_dir
+from mmaudio.sync_examples import SYNC_AUDIO_RATE, SYNC_CLIP_SEC, SYNC_FPS, SyncSetSpec, sync_clips
 from mmaudio.tables import write_tsv
 
 Scene = str  # "flash" | "bounce" | "sweep"
@@ -391,8 +392,11 @@ def example_products(params: Params) -> Callable[[str, Path], bool]:
     return makes
 
 
-def generate_examples(out_dir: str | os.PathLike, seed: int = 0) -> dict[str, int]:
+def generate_examples(out_dir: str | os.PathLike, seed: int = 0, sync_set: SyncSetSpec | None = None) -> dict[str, int]:
     """Write videos, audio files and their TSVs under ``out_dir`` (replacing it). Returns counts.
+
+    ``sync_set``: also write the learnable set of :mod:`mmaudio.sync_examples` into the same folders
+    and split lists (default: none, only the format-variety files).
 
     Layout::
 
@@ -406,8 +410,12 @@ def generate_examples(out_dir: str | os.PathLike, seed: int = 0) -> dict[str, in
     events: list[dict[str, object]] = []
     splits: dict[str, list[dict[str, object]]] = {"train": [], "val": [], "test": []}
 
-    for k, r in enumerate(VIDEOS):
-        rng = np.random.default_rng([seed, 0, k])
+    keyed = [(r, [seed, 0, k]) for k, r in enumerate(VIDEOS)]
+    spec = sync_set or SyncSetSpec()
+    keyed += [(VideoRecipe(c.id, c.scene, "mp4", "libx264", "aac", SYNC_FPS, spec.frame_size, spec.frame_size,
+                           SYNC_AUDIO_RATE, 1, SYNC_CLIP_SEC, c.split), [seed, 2, *c.key]) for c in sync_clips(spec)]
+    for r, rng_key in keyed:
+        rng = np.random.default_rng(rng_key)
         tl = make_timeline(r.scene, rng, r.duration_sec)
         audio = render_audio(tl, r.sample_rate, r.channels, rng)
         write_video(out / "video" / f"{r.id}.{r.container}", r, tl, audio)
@@ -426,7 +434,7 @@ def generate_examples(out_dir: str | os.PathLike, seed: int = 0) -> dict[str, in
         write_tsv(out / f"video_{split}.tsv", ("id", "label"), rows)
     write_tsv(out / "audio_captions.tsv", ("id", "caption"), captions)
     write_tsv(out / "events.tsv", ("id", "kind", "time_sec"), events)
-    return {"videos": len(VIDEOS), "audios": len(AUDIOS), "events": len(events)}
+    return {"videos": len(keyed), "audios": len(AUDIOS), "events": len(events)}
 
 
 def _event_kind(scene: Scene) -> str:

@@ -9,9 +9,13 @@ Store: ``tracking.uri`` in params.yaml, else $MLFLOW_TRACKING_URI, else ``sqlite
 with artifacts in ``<root>/mlartifacts``, where root is $DVC_ROOT (set by DVC, also when it runs an
 experiment in a temporary copy) or the repository root.
 
-Tracking faults never stop a stage or lose what it logs. Every call goes through the MLflow client
-with the run id (no global "active run"); if the store cannot be reached (connection refused, timeout,
-a 5xx answer) the call and every later one are appended to a spool file,
+Tracking faults never stop a stage or lose what it logs. The stage's calls only queue records (an
+artifact is copied first); one background thread per run sends them through the MLflow client with
+the run id (no global "active run"), so a slow or stuck store never holds up a training loop. At the
+end of the stage the thread gets ``$MMAUDIO_TRACKING_FLUSH_S`` seconds (default 60) to finish, then
+spools what is left. If the store cannot be reached (connection refused, timeout, a 5xx answer, a
+SQLite file that is corrupt or locked by another process) the record and every later one are
+appended to a spool file,
 ``<root>/mlflow_spool/<stage>-<time>-<pid>.jsonl`` (artifacts copied beside it), and a warning says
 what could not be sent. At most every ``$MMAUDIO_TRACKING_RETRY_S`` seconds (default 30) a later call
 tries to send the spool, in order, and deletes it once everything has gone through; at the end of the
@@ -25,13 +29,17 @@ written unless a call fails to reach the store).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import queue
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -58,16 +66,26 @@ _MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 # `scheme://user:password@host` or `scheme://token@host`: a server, database or git URI may carry a
 # secret, which must not reach the MLflow store (anyone who can read runs could read it) or the logs.
 _URI_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/\s]+)@")
+# `?token=...`, `&X-Amz-Signature=...`, `;password=...`: query values whose name says they are secret
+_SECRET_QUERY = re.compile(
+    r"(?P<key>[?&;][^=&;#\s]*(?:token|secret|passw|pwd|sig|key|auth|cred|session)[^=&;#\s]*=)[^&;#\s]+", re.IGNORECASE)
+_DB_UNAVAILABLE = re.compile(r"\((?:sqlite3|psycopg2?|pymysql|MySQLdb)\.(?:errors\.)?\w*(?:OperationalError|DatabaseError|InterfaceError)\)")
 
 
 def redact_credentials(text: str) -> str:
-    """``text`` with every URI's password (``user:***@``) or bare token (``***@``) hidden."""
+    """``text`` with every URI's password (``user:***@``) or bare token (``***@``) hidden, and the
+    values of query parameters named like secrets (``?token=***``, ``&X-Amz-Signature=***``)."""
 
     def hide(m: re.Match) -> str:
         user, has_password, _ = m["userinfo"].partition(":")
         return f"{m['scheme']}{user}:***@" if has_password else f"{m['scheme']}***@"
 
-    return _URI_USERINFO.sub(hide, text)
+    return _SECRET_QUERY.sub(r"\g<key>***", _URI_USERINFO.sub(hide, text))
+
+
+def uri_has_credentials(uri: str) -> bool:
+    """True if ``uri`` carries a password, a token before ``@`` or a secret-named query value."""
+    return redact_credentials(uri) != uri
 
 
 def tracking_root() -> Path:
@@ -101,6 +119,65 @@ def git_state(repo: Path) -> dict[str, str]:
     }
 
 
+RUN_ID_FILE = "mlflow_run_id.txt"
+_RUN_ID = re.compile(r"[0-9a-f]{32}")  # MLflow's run ids: uuid4 hex
+
+
+class StaleRunIdError(RuntimeError):
+    """A run-id file does not belong to the weights beside it; the message names both files."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_run_id_file(path: str | os.PathLike, run_id: str | None, weights: str | os.PathLike) -> Path:
+    """``path``: the run id on the first line, ``<weights file name> sha256 <hex>`` on the second, so a
+    later stage logs into this run only while the weights are the ones this run made. An empty first
+    line: no run (tracking off or the store unreachable)."""
+    path, weights = Path(path), Path(weights)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(f"{run_id or ''}\n{weights.name} sha256 {_sha256(weights)}\n")
+    os.replace(tmp, path)
+    return path
+
+
+def run_id_for_weights(path: str | os.PathLike, weights: str | os.PathLike) -> str | None:
+    """The run recorded in the run-id file ``path`` if it made ``weights``; None if the file is absent
+    or names no run; StaleRunIdError if it records another file's hash (a stale file, or one copied
+    from elsewhere), no hash at all, or no valid run id."""
+    path, weights = Path(path), Path(weights)
+    if not path.is_file():
+        return None
+    lines = path.read_text(errors="replace").splitlines()
+    run_id = lines[0].strip() if lines else ""
+    if not run_id:
+        return None
+    if not _RUN_ID.fullmatch(run_id):
+        raise StaleRunIdError(f"{path}: first line {run_id[:80]!r} is not an MLflow run id (32 hex digits)")
+    bound = re.fullmatch(r"(\S+) sha256 ([0-9a-f]{64})", lines[1].strip()) if len(lines) > 1 else None
+    fix = f"rerun the train stage, or delete {path} to log into a new run"
+    if bound is None:
+        raise StaleRunIdError(f"{path}: run {run_id} records no weights hash ('<file> sha256 <hex>' line), so it "
+                              f"cannot be tied to {weights}; {fix}")
+    if not weights.is_file():
+        raise StaleRunIdError(f"{path}: run {run_id} made {bound[1]}, but {weights} does not exist")
+    sha = _sha256(weights)
+    if sha != bound[2]:
+        raise StaleRunIdError(
+            f"{path}: run {run_id} made a {bound[1]} with SHA-256 {bound[2][:16]}..., but {weights} has "
+            f"{sha[:16]}...: the run-id file is stale or from another run; {fix}")
+    return run_id
+
+
+class SpoolError(ValueError):
+    """A spool record is malformed or points outside its spool folder; the message names it."""
+
+
 class TrackingUnreachable(RuntimeError):
     """The tracking store could not be reached; the message says which call and why."""
 
@@ -111,7 +188,13 @@ def _is_unreachable(e: BaseException) -> bool:
     import requests
     from mlflow.exceptions import MlflowException
 
+    import sqlalchemy.exc
+
     if isinstance(e, (requests.exceptions.RequestException, ConnectionError, TimeoutError)):
+        return True
+    # a database store that is corrupt, locked by another process or gone: the same as a server away
+    if isinstance(e, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)) or (
+            isinstance(e, sqlalchemy.exc.DatabaseError) and not isinstance(e, sqlalchemy.exc.IntegrityError)):
         return True
     # the REST client wraps connection errors, timeouts and non-2xx answers after its retries in this form
     if isinstance(e, MlflowException):
@@ -119,6 +202,8 @@ def _is_unreachable(e: BaseException) -> bool:
         if "API request to" in text and "failed with" in text:
             code = re.search(r"error code (\d{3})", text)
             return code is None or code.group(1).startswith("5")
+        if _DB_UNAVAILABLE.match(text):  # the SQL store wraps some driver errors (sqlite "database is locked")
+            return True
     return False
 
 
@@ -126,9 +211,21 @@ def _retry_interval() -> float:
     return float(os.environ.get("MMAUDIO_TRACKING_RETRY_S", "30"))
 
 
+def _flush_wait() -> float:
+    """Seconds the end of a stage waits for its records to reach the store before spooling the rest."""
+    return float(os.environ.get("MMAUDIO_TRACKING_FLUSH_S", "60"))
+
+
+def _request_timeout() -> float:
+    return float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "10"))
+
+
 def _fail_fast_http(uri: str) -> None:
     """Retries with backoff and a 120 s timeout (MLflow's defaults) would stall the stage for minutes
-    per call while the server is down; the spool does the retrying instead."""
+    per call while the server is down; the spool does the retrying instead. MLflow's own "View run
+    ... at: <uri>" line is switched off: it prints the URI with any password in it (our log line
+    names the run with the password hidden) and costs one more request per run."""
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     if uri.startswith(("http://", "https://")):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
@@ -153,13 +250,22 @@ class _Sender:
     """Performs spooled operations against one store; ``run_id`` is set by the start operation."""
 
     def __init__(self, uri: str, run_id: str | None, spool_files: Path | None = None):
-        from mlflow import MlflowClient
-
         _fail_fast_http(uri)
-        self.client = MlflowClient(tracking_uri=uri)
+        self.uri = uri
+        self._client = None
         self.run_id = run_id
         self.experiment_id: str | None = None
         self.files = spool_files
+
+    @property
+    def client(self):
+        """Made at the first call: making it opens the store (a corrupt SQLite file fails here), and
+        that failure must take the same path as every other one."""
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
 
     def send(self, op: Mapping[str, Any]) -> None:
         from mlflow.entities import Metric, Param, RunTag
@@ -179,14 +285,28 @@ class _Sender:
         elif kind == "input":
             self._input(op)
         elif kind == "artifact":
-            path = Path(op["path"])
-            if not path.is_absolute() and self.files is not None:
-                path = self.files / path
-            c.log_artifact(self.run_id, str(path), artifact_path=op["artifact_path"])
+            c.log_artifact(self.run_id, str(self._artifact_file(op)), artifact_path=op["artifact_path"])
         elif kind == "end":
             c.set_terminated(self.run_id, status=op["status"], end_time=op["time_ms"])
         else:
             raise ValueError(f"unknown spooled operation {kind!r}")
+
+    def _artifact_file(self, op: Mapping[str, Any]) -> Path:
+        """The file of an artifact record. A spooled record names a file inside the spool's ``.files``
+        folder; a spool file is data a user may have been handed, so a path that leaves that folder
+        (absolute, ``..``, a symlink out) is refused rather than uploaded."""
+        path = Path(op["path"])
+        if not op.get("spooled"):
+            return path
+        if self.files is None:
+            raise SpoolError(f"{_describe(op)}: a spooled artifact without its spool folder")
+        inside = (self.files / path).resolve()
+        if path.is_absolute() or not inside.is_relative_to(self.files.resolve()):
+            raise SpoolError(f"{_describe(op)}: path {op['path']!r} leaves the spool folder {self.files}; refused")
+        dest = op.get("artifact_path") or ""
+        if Path(dest).is_absolute() or ".." in Path(dest).parts:
+            raise SpoolError(f"{_describe(op)}: artifact path {dest!r} leaves the run's artifact folder; refused")
+        return inside
 
     def _start(self, op: Mapping[str, Any]) -> None:
         from mlflow.tracking.context.registry import resolve_tags
@@ -204,7 +324,8 @@ class _Sender:
             c.update_run(self.run_id, status="RUNNING")
             return
         # the same default tags (user, source, git) as mlflow.start_run would add
-        tags = resolve_tags({})
+        # (a git remote URL among them may carry a token: hidden like every other value we log)
+        tags = {k: redact_credentials(str(v)) for k, v in resolve_tags({}).items()}
         parent = op.get("parent_run_id")
         if parent:
             # the UI nests a run under the one this tag names, within that run's experiment
@@ -228,7 +349,9 @@ class StageRun:
     """Context manager around one MLflow run for one stage execution.
 
     On ranks other than 0 every method is a no-op, so callers never branch on rank. A store that
-    cannot be reached never raises here: see the module docstring.
+    cannot be reached never raises here: see the module docstring. Every record is handed to a
+    background thread that sends it (or spools it), so a slow or stuck store never holds up the
+    stage's own thread; ``__exit__`` waits for that thread, bounded by ``$MMAUDIO_TRACKING_FLUSH_S``.
 
     ``run_id`` logs into an existing run (its params stay as they are: MLflow params are write-once).
     ``parent_run_id`` starts a new run nested under that one, with this stage's own params: the
@@ -258,7 +381,6 @@ class StageRun:
         self.parent_run_id = parent_run_id
         self.extra_params = dict(extra_params or {})
         self.workspace = find_repo_root()
-        self.run_id: str | None = None
         # content hashes of inputs the caller already computed with mmaudio.hashing.input_hashes (the
         # train stage's run key needs them before the run starts): not hashed a second time
         self.hashes: dict[str, str] = dict(hashes or {})
@@ -269,6 +391,22 @@ class StageRun:
         self._retry_at = 0.0
         self._sender: _Sender | None = None
         self._uri = ""
+        self._queue: queue.Queue = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self._started = threading.Event()  # the start record was sent or spooled
+        self._give_up = False  # set by __exit__ after its wait: spool what is left without trying
+        self._refused: BaseException | None = None  # the first record the store refused (re-raised at exit)
+        self._staging: Path | None = None  # copies of artifacts handed to the worker
+        self._staged = 0
+
+    @property
+    def run_id(self) -> str | None:
+        """The MLflow run's id; None while the store has not been reached (or off this rank)."""
+        if self._sender is None:
+            return None
+        if self._worker is not None and not self._started.is_set():
+            self._started.wait(_request_timeout() + 5)  # the start is the first record the worker sends
+        return self._sender.run_id
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -278,6 +416,9 @@ class StageRun:
         uri, is_default = resolve_tracking_uri(self.params.tracking.uri)
         self._uri = uri
         self._sender = _Sender(uri, None)
+        self._staging = Path(tempfile.mkdtemp(prefix=f"mmaudio-{self.stage}-artifacts-"))
+        self._worker = threading.Thread(target=self._work, name=f"mlflow-{self.stage}", daemon=True)
+        self._worker.start()
         exp = os.environ.get("DVC_EXP_NAME", "")
         run_name = f"{self.stage}" + (f" [{exp}]" if exp else "")
         self._submit({
@@ -286,7 +427,6 @@ class StageRun:
             "resume_run_id": self.resume_run_id, "parent_run_id": self.parent_run_id,
             "time_ms": int(time.time() * 1000),
         })
-        self.run_id = self._sender.run_id
         tags = {
             "mmaudio.stage": self.stage,
             "mmaudio.profile": self.params.profile,
@@ -306,9 +446,6 @@ class StageRun:
             flat.update({k: _param_value(v) for k, v in self.extra_params.items()})
             self._submit({"op": "params", "data": flat})
         self._log_paths(self.inputs, "in")
-        # the experiment id completes the README's UI link: #/experiments/<id>?workflowType=machine_learning
-        log.info("MLflow run %s (%s) in experiment %s at %s", self.run_id or "(not started yet: store unreachable)",
-                 run_name, self._sender.experiment_id, redact_credentials(uri))
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -316,13 +453,18 @@ class StageRun:
             return
         self._submit({"op": "end", "status": "FAILED" if exc_type is not None else "FINISHED",
                       "time_ms": int(time.time() * 1000)})
-        pause = min(_retry_interval(), 5.0)
-        for attempt in range(_EXIT_ATTEMPTS):
-            if not self._pending:
-                break
-            if attempt:
-                time.sleep(pause)
-            self._flush()
+        self._queue.put(None)  # the worker's last item: it makes its final tries and returns
+        self._worker.join(_flush_wait())
+        if self._worker.is_alive():
+            log.warning("MLflow store %s has not taken the stage's records within %.0f s "
+                        "($MMAUDIO_TRACKING_FLUSH_S); spooling the rest", redact_credentials(self._uri), _flush_wait())
+            self._give_up = True
+            self._worker.join(_request_timeout() + 5)  # at most the call in flight
+        if self._worker.is_alive():
+            log.error("MLflow: the tracking thread of %s is stuck in a call to %s; records after it may be lost",
+                      self.stage, redact_credentials(self._uri))
+        else:
+            shutil.rmtree(self._staging, ignore_errors=True)
         if self._pending:
             self.incomplete = True
             log.error(
@@ -331,15 +473,70 @@ class StageRun:
                 self.stage, len(self._pending), redact_credentials(self._uri),
                 ", ".join(_describe(op) for op in self._pending[:4]) + (" ..." if len(self._pending) > 4 else ""),
                 self.spool, self.spool)
+        if self._refused is not None and exc_type is None:
+            # an error of the call itself (a param changed within a run, a bad key): a bug to fix, as
+            # it was when records were sent from the stage's thread
+            raise self._refused
 
-    # -- sending, or spooling when the store is away -------------------------------------------
+    # -- the worker thread: sending, or spooling when the store is away --------------------------
 
     def _submit(self, op: dict[str, Any]) -> None:
+        if op["op"] == "artifact":
+            # the caller may delete or rewrite the file once this returns (a temporary sample)
+            self._staged += 1
+            dest = self._staging / f"{self._staged:06d}" / Path(op["path"]).name
+            dest.parent.mkdir()
+            shutil.copy2(op["path"], dest)
+            op = {**op, "path": str(dest)}
+        self._queue.put(op)
+
+    def sync(self, timeout: float | None = None) -> bool:
+        """Wait until every record handed in so far was sent or spooled (False: ``timeout`` passed first)."""
+        if self._worker is None:
+            return True
+        done = threading.Event()
+        self._queue.put({"op": "sync", "done": done})
+        return done.wait(timeout)
+
+    def _work(self) -> None:
+        while (op := self._queue.get()) is not None:
+            if op["op"] == "sync":
+                op["done"].set()
+                continue
+            try:
+                self._process(op)
+            except Exception as e:  # noqa: BLE001 - the thread must outlive one bad record; __exit__ re-raises it
+                log.error("MLflow refused %s: %s", _describe(op), redact_credentials(_first_line(e)))
+                if self._refused is None:
+                    self._refused = e
+            finally:
+                if op["op"] == "start":
+                    self._started.set()
+                    # the experiment id completes the README's UI link: #/experiments/<id>?workflowType=machine_learning
+                    log.info("MLflow run %s (%s) in experiment %s at %s",
+                             self._sender.run_id or "(not started yet: store unreachable)", op["run_name"],
+                             self._sender.experiment_id, redact_credentials(self._uri))
+        pause = min(_retry_interval(), 5.0)
+        for attempt in range(_EXIT_ATTEMPTS):
+            if not self._pending or self._give_up:
+                break
+            if attempt:
+                time.sleep(pause)
+            self._flush()
+
+    def _process(self, op: dict[str, Any]) -> None:
+        if self._give_up:
+            if self.spool is None:
+                self._go_offline(op, TimeoutError("the stage ended before the store answered"))
+            self._spool(op)
+            return
         if self._pending and time.monotonic() >= self._retry_at:
             self._flush()
         if not self._pending:
             try:
                 self._sender.send(op)
+                if op["op"] == "artifact":
+                    Path(op["path"]).unlink()  # the staged copy
                 return
             except Exception as e:  # noqa: BLE001 - only transport failures are kept; the rest re-raise
                 if not _is_unreachable(e):
@@ -397,9 +594,8 @@ class StageRun:
                 self._rewrite_spool()
                 return False
             self._pending.pop(0)
-            self.run_id = self._sender.run_id
         log.warning("MLflow store %s is back: sent the %d buffered records of run %s", redact_credentials(self._uri),
-                    self.deferred, self.run_id)
+                    self.deferred, self._sender.run_id)
         try:
             self._sender.send({"op": "tags", "data": {"mmaudio.tracking.deferred_records": str(self.deferred)}})
         except Exception as e:  # noqa: BLE001 - a note only; everything the stage logged is already sent
@@ -467,10 +663,16 @@ def replay_spool(path: str | os.PathLike, uri: str | None = None) -> str:
     if not lines or lines[0].get("op") != "header":
         raise ValueError(f"{path}: not a tracking spool file (no header line)")
     header, ops = lines[0], lines[1:]
+    files = path.with_suffix(".files")
+    for i, op in enumerate(ops):  # all checked before any is sent: a hostile file sends nothing
+        if op.get("op") == "artifact":
+            if not op.get("spooled"):
+                raise SpoolError(f"{path}: record {i + 1} ({_describe(op)}) names a file outside the spool; refused")
+            _Sender("file:///unused", None, files)._artifact_file(op)
     target = uri or header["uri"]
     if "***@" in target:
         raise ValueError(f"{path}: the recorded URI {target} had credentials removed; pass the URI")
-    sender = _Sender(target, header["run_id"], path.with_suffix(".files"))
+    sender = _Sender(target, header["run_id"], files)
     for i, op in enumerate(ops):
         try:
             sender.send(op)

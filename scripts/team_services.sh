@@ -130,11 +130,16 @@ start() {
         --auth-local=scram-sha-256 --auth-host=scram-sha-256 >"$STATE/initdb.log" 2>&1 \
         || die "initdb failed; see $STATE/initdb.log"
     rm -f "$pgroot/pwfile"
+    # The password lives in a libpq password file only: never on a command line (`ps` shows every
+    # process's arguments to every user) nor in the URI handed to `mlflow server`. Clients name the
+    # file with PGPASSFILE or the URI's `passfile` parameter.
+    (umask 077; echo "$HOST:$pg_port:*:mlflow:$password" >"$STATE/pgpass")
+    unset password
     as_pg "$bin/pg_ctl" -D "$pgroot/data" -l "$pgroot/postgres.log" -w -t "$WAIT_S" \
         -o "-c listen_addresses=$HOST -p $pg_port -c unix_socket_directories=$pgroot" start >/dev/null \
         || die "PostgreSQL did not start; see $pgroot/postgres.log"
-    PGPASSWORD=$password "$bin/createdb" -h "$HOST" -p "$pg_port" -U mlflow mlflow
-    pg_uri="postgresql://mlflow:$password@$HOST:$pg_port/mlflow"
+    PGPASSFILE=$STATE/pgpass "$bin/createdb" -h "$HOST" -p "$pg_port" -U mlflow mlflow
+    pg_uri="postgresql://mlflow@$HOST:$pg_port/mlflow?passfile=$STATE/pgpass"
 
     # S3: moto's server, with one bucket for MLflow's artifacts and one for DVC.
     s3_url="http://$HOST:$s3_port"
@@ -163,6 +168,7 @@ export AWS_ACCESS_KEY_ID=$AWS_KEY
 export AWS_SECRET_ACCESS_KEY=$AWS_SECRET
 export AWS_DEFAULT_REGION=$AWS_REGION
 export TEAM_PG_URI=$pg_uri
+export PGPASSFILE=$STATE/pgpass
 export TEAM_S3_ENDPOINT=$s3_url
 export TEAM_MLFLOW_BUCKET=$MLFLOW_BUCKET
 export TEAM_DVC_BUCKET=$DVC_BUCKET
@@ -193,7 +199,7 @@ status() {
     # shellcheck disable=SC1091
     . "$STATE/env"
     local ok=0
-    "$PYTHON" -c "import psycopg; psycopg.connect('$TEAM_PG_URI').close()" && echo "postgres: up" || { echo "postgres: down"; ok=1; }
+    "$PYTHON" -c "import os, psycopg; psycopg.connect(os.environ['TEAM_PG_URI']).close()" && echo "postgres: up" || { echo "postgres: down"; ok=1; }
     "$PYTHON" -c "import urllib.request; urllib.request.urlopen('$TEAM_S3_ENDPOINT/moto-api/', timeout=5)" && echo "s3 (moto): up at $TEAM_S3_ENDPOINT" || { echo "s3: down"; ok=1; }
     "$PYTHON" -c "import urllib.request; urllib.request.urlopen('$MLFLOW_TRACKING_URI/health', timeout=5)" && echo "mlflow: up at $MLFLOW_TRACKING_URI" || { echo "mlflow: down"; ok=1; }
     return $ok

@@ -6,6 +6,10 @@ Writes tiny_weights.out_dir (ext_weights/tiny): every encoder at its tiny preset
 from tiny_weights.seed, under the official file names and in the official formats (v1-16.pth,
 v1-44.pth, best_netG.pt, bigvgan_v2_44khz_128band_512x/, synchformer_state_dict.pth,
 DFN5B-CLIP-ViT-H-14-384/, empty_string.pth). The same seed gives byte-identical files.
+
+With tiny_weights.examples_dir set (params.yaml: the example set), the VAE and vocoder of each mode in
+tiny_weights.codec.modes are then trained on its audio (mmaudio.codec_training) and written back in
+the same formats; their round-trip scores are logged. A killed run resumes from <out_dir>.work/.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import logging
 from pathlib import Path
 
 from mmaudio.cli import parse_stage_args, run_stage, setup_logging
+from mmaudio.codec_training import train_tiny_codec
 from mmaudio.config import find_repo_root
 from mmaudio.encoders.profiles import get_profile
 from mmaudio.encoders.tiny import write_tiny_weights
@@ -36,6 +41,10 @@ def main(argv=None) -> None:
         total = sum(f.stat().st_size for f in files)
         log.info("wrote %d files (%.1f MB) with seed %d to %s", len(files), total / 1e6, cfg.seed, cfg.out_dir)
         run.log_metrics({"files": len(files), "megabytes": total / 1e6})
+        if cfg.examples_dir is not None and cfg.codec.modes:
+            scores = train_tiny_codec(cfg.out_dir, cfg.examples_dir, cfg.codec, cfg.seed,
+                                      work_dir=Path(f"{cfg.out_dir}.work"), on_metrics=run.log_metrics)
+            log.info("codec round trips: %s", scores)
         run.log_outputs([cfg.out_dir])
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -129,3 +130,64 @@ def test_stage_help_keeps_its_own_examples():
                          check=True).stdout
     assert "\n    torchrun --standalone --nproc_per_node=1 stages/train.py [train.learning_rate=2e-4 ...]\n" in out
     assert "partition.max_segments" not in out
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.gamma=-0.5", r"key 'train\.gamma' must be in \(0, 1\], got -0\.5"),
+    ("train.gamma=0", r"key 'train\.gamma' must be in \(0, 1\], got 0\.0"),
+    ("train.weight_decay=-0.001", r"key 'train\.weight_decay' must be in \[0, 1\], got -0\.001"),
+    ("train.learning_rate=-1e-3", r"key 'train\.learning_rate' must be in \(0, inf\), got -0\.001"),
+    ("train.seed=99999999999999999999", r"key 'train\.seed' must be in \[0, 2\*\*32 - 1\], got 99999999999999999999"),
+    ("train.seed=-1", r"key 'train\.seed' must be in \[0, 2\*\*32 - 1\], got -1"),
+    ("evaluate.seed=4294967296", r"key 'evaluate\.seed' must be in \[0, 2\*\*32 - 1\], got 4294967296"),
+    ("examples.seed=-3", r"key 'examples\.seed' must be in \[0, 2\*\*32 - 1\], got -3"),
+    ("tiny_weights.seed=18446744073709551616", r"key 'tiny_weights\.seed' must be in \[0, 2\*\*32 - 1\]"),
+    ("evaluate.cfg_strength=-1", r"key 'evaluate\.cfg_strength' must be in \[0, inf\), got -1\.0"),
+    ("train.log_interval=0", r"key 'train\.log_interval' must be >= 1, got 0"),
+    ("train.ema.snapshot_every=-5", r"key 'train\.ema\.snapshot_every' must be >= 1, got -5"),
+])
+def test_out_of_range_values_name_key_value_and_range(params_dir, override, message):
+    """Values that type-check but would train with a negative lr, overflow a derived seed or loop forever."""
+    with pytest.raises(ConfigError, match=message):
+        load_params([override], root=params_dir)
+
+
+def test_range_edges_are_accepted(params_dir):
+    p = load_params(["train.gamma=1", "train.weight_decay=0", "train.seed=4294967295", "evaluate.cfg_strength=0"],
+                    root=params_dir)
+    assert (p.train.gamma, p.train.weight_decay, p.train.seed, p.evaluate.cfg_strength) == (1.0, 0.0, 2**32 - 1, 0.0)
+
+
+def test_alias_bomb_is_refused_before_expansion(params_dir):
+    """Nine levels of ten aliases each expand to 10**9 values from a file of a few hundred bytes."""
+    lines = ['l0: &l0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 9)]
+    path = params_dir / "params.yaml"
+    path.write_text(path.read_text() + "\n" + "\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: its YAML aliases expand to \d+ values \(at most 100000 are read\); "
+                                          r"refused before expanding them$"):
+        load_params(root=params_dir)
+
+
+def test_a_few_aliases_are_fine(params_dir):
+    path = params_dir / "params.yaml"
+    text = path.read_text().replace("  seed: 14159265", "  seed: &s 14159265")
+    text = re.sub(r"\n  seed: 0  # row i[^\n]*", "\n  seed: *s", text)
+    path.write_text(text)
+    assert load_params(root=params_dir).evaluate.seed == 14159265
+
+
+@pytest.mark.parametrize("uri", ["http://alice:s3cret@mlflow.example:5000", "https://mlflow.example/?token=s3cret",
+                                 "postgresql://mlflow:s3cret@db:5432/mlflow"])
+def test_credentials_in_the_tracking_uri_are_refused_without_echoing_them(params_dir, uri):
+    with pytest.raises(ConfigError, match=r"key 'tracking\.uri' \(.*\*\*\*.*\) carries credentials") as e:
+        load_params([f"tracking.uri='{uri}'"], root=params_dir)
+    assert "s3cret" not in str(e.value)
+
+
+@pytest.mark.parametrize("levels", [65, 100_000])
+def test_deeply_nested_yaml_is_refused_naming_the_file(params_dir, levels):
+    path = params_dir / "params.yaml"
+    path.write_text(path.read_text() + "\nx: " + "[" * levels + "]" * levels + "\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: its YAML nests deeper than 64 levels; refused$"):
+        load_params(root=params_dir)

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from mmaudio import tracking
-from mmaudio.config import load_params
+from mmaudio.config import ConfigError, load_params
 from mmaudio.features import FeatureSet, FeatureSetError, feature_shapes, write_feature_set
 from mmaudio.media_index import VIDEO_SUFFIXES, resolve_media
 from mmaudio.partition import AUDIO_SUFFIXES
@@ -300,8 +300,12 @@ def test_stage_run_logs_no_secret(tmp_path, monkeypatch, caplog):
     # (with its password) is still what the params carry.
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setattr(tracking, "resolve_tracking_uri", lambda configured: (store, False))
-    params = load_params([f"tracking.uri='http://alice:{uri_password}@127.0.0.1:1/'"])
-    assert params.tracking.uri == f"http://alice:{uri_password}@127.0.0.1:1/"
+    # a password in params.yaml's tracking.uri is refused outright (the file is committed and copied
+    # into dvc.lock), and the error does not repeat it
+    with pytest.raises(ConfigError, match=r"key 'tracking\.uri' \(http://alice:\*\*\*@127\.0\.0\.1:1/\) carries credentials") as e:
+        load_params([f"tracking.uri='http://alice:{uri_password}@127.0.0.1:1/'"])
+    assert uri_password not in str(e.value)
+    params = load_params()
     try:
         with caplog.at_level(logging.DEBUG):
             with StageRun("s", params, extra_params={"data.remote": f"https://{token}@github.com/o/data.git"}) as run:
@@ -311,7 +315,7 @@ def test_stage_run_logs_no_secret(tmp_path, monkeypatch, caplog):
     finally:
         mlflow.set_tracking_uri(None)
     logged = {**r.data.params, **r.data.tags}
-    assert r.data.params["tracking.uri"] == "http://alice:***@127.0.0.1:1/"
+    assert r.data.params["tracking.uri"] == "null"
     assert r.data.params["data.remote"] == "https://***@github.com/o/data.git"
     assert r.data.params["backend"] == "postgresql://bob:***@db:5432/mlflow"
     assert r.data.tags["remote"] == "https://***@github.com/o/r"

@@ -28,8 +28,8 @@ SMALL_TRAIN = ["train.num_iterations=4", "train.val_interval=2", "train.eval_int
                "train.global_batch_size=2", "train.warmup_steps=1", "train.milestones=[2,3]"]
 SMALL_EVAL = ["evaluate.num_steps=2", "evaluate.crepe=false", "evaluate.batch_size=2", "evaluate.num_logged_samples=1"]
 RUNS = [
-    ("make_examples", None, []),
-    ("tiny_weights", None, []),
+    ("make_examples", None, ["examples.sync_clips.train=2", "examples.sync_clips.val=1", "examples.sync_clips.test=2"]),
+    ("tiny_weights", None, ["tiny_weights.codec.vae_steps=2", "tiny_weights.codec.vocoder_steps=2"]),
     ("partition", "examples_audio", []),
     *[("index_videos", k, []) for k in ("examples_train", "examples_val", "examples_test")],
     ("extract_audio", "examples_audio", ["extract.num_workers=0"]),

@@ -9,8 +9,11 @@ Output folder (``evaluate.out_dir``)::
 
     samples/{id}.flac           generated audio of the trained network (model rate, mono)
     baseline_samples/{id}.flac  the same with the untrained network (evaluate.baseline)
+    shuffled_samples/{id}.flac  the trained network given another clip's video features of the same kind
+                                (evaluate.shuffled_control; mmaudio.evaluation.sync)
+    spectrograms/{prefix}{id}.png  log-mel of the logged samples, known events (red) and detected onsets (white)
     gt/{id}.flac                the ground truth, cut as extraction cut it (first 8 s, mono, not normalised)
-    scores.json                 DVC metrics: the headline scores (test.<key>, baseline.<key>); all in MLflow
+    scores.json                 DVC metrics: the headline scores (test.<key>, baseline.<key>, shuffled.<key>); all in MLflow
 
 Official av-benchmark metrics (fd_panns, fd_passt, fd_vgg, kl_panns, kl_passt, isc_panns = IS,
 isc_passt, ib_score, desync; :mod:`mmaudio.evaluation.official`) are computed by the extractors whose
@@ -19,7 +22,7 @@ they hold); each metric whose file is absent is skipped with its reason logged a
 run (``eval.skipped.<metric>``). The ``proxy_*`` metrics need no downloads and are always computed.
 The baseline is scored by the same metrics (``baseline_<key>``) and cached per configuration
 (:mod:`mmaudio.evaluation.baseline_cache`). MLflow names: ``test/<key>`` for the trained network,
-``baseline/<key>`` for the untrained one, in both runs.
+``baseline/<key>`` for the untrained one, ``shuffled/<key>`` for the shuffled-video control, in both runs.
 
 :class:`TrainingEvaluation` runs the same scoring on the validation set during training
 (``train.eval_interval``), logging ``val/<key>`` metrics at the training step.
@@ -43,6 +46,7 @@ from mmaudio.segments import video_rows
 from mmaudio.config import Params, find_repo_root
 from mmaudio.distributed import DistContext, barrier
 from mmaudio.evaluation.proxies import (
+    detect_onsets,
     events_in_window,
     proxy_fd_crepe,
     proxy_fd_logmel,
@@ -59,11 +63,13 @@ from mmaudio.evaluation.sampling import (
     untrained_network,
     write_flac,
 )
+from mmaudio.evaluation.sync import ShuffledVideo, write_spectrogram_png
 from mmaudio.features import FeatureSet
 from mmaudio.model.network import MMAudioNetwork
 from mmaudio.media import FrameSpec, load_video_clip
 from mmaudio.hashing import dvc_hash
-from mmaudio.tracking import StageRun, relpath, tracking_root
+from mmaudio.locks import exclusive_folder
+from mmaudio.tracking import RUN_ID_FILE, StageRun, relpath, run_id_for_weights, tracking_root
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +77,10 @@ STAGE = "evaluate"
 CLIP_SECONDS = 8.0
 SCORES_JSON = "scores.json"
 CREPE_MODEL = "tiny"
+SHUFFLED_PREFIX = "shuffled_"
+CONTROL_PREFIXES = ("baseline_", SHUFFLED_PREFIX)  # logged to MLflow as baseline/<key> / shuffled/<key>
+_NETWORK_NAMES = {"": "trained network", "baseline_": "untrained network", SHUFFLED_PREFIX: "trained network on shuffled video"}
+ONSET_TOLERANCE_SEC = 0.1  # proxy_onset_*: an onset within +-100 ms of a reference counts as matched
 CREPE_HOP_SEC = 0.05  # 20 embeddings per second: 160 per 8 s clip, ample for a 32-dim covariance; keeps CPU cost low
 
 
@@ -140,12 +150,13 @@ def score_audio(
     """(proxy scores, skipped proxies with reasons) of generated clips against the ground truth."""
     ids = list(pred)
     scores = proxy_fd_logmel([pred[i] for i in ids], [gt[i] for i in ids], sample_rate)
-    scores |= proxy_onset_sync({i: pred[i] for i in ids}, sample_rate, gt_waves={i: gt[i] for i in ids})
+    scores |= proxy_onset_sync({i: pred[i] for i in ids}, sample_rate, gt_waves={i: gt[i] for i in ids},
+                               tolerance_sec=ONSET_TOLERANCE_SEC)
     skipped: dict[str, str] = {}
     with_events = [i for i in ids if events and i in events]
     if with_events:
         scores |= proxy_onset_sync({i: pred[i] for i in with_events}, sample_rate,
-                                   event_times={i: events[i] for i in with_events})
+                                   event_times={i: events[i] for i in with_events}, tolerance_sec=ONSET_TOLERANCE_SEC)
     else:
         skipped["proxy_onset_event"] = "no clip of this set has known event times"
     if crepe:
@@ -227,7 +238,8 @@ def evaluate(
     """Sample ``evaluate.dataset`` with the trained (and untrained) network, score, write, log.
 
     ``weights`` defaults to ``<train.out_dir>/weights.pth`` and ``run_id`` to the id in
-    ``<train.out_dir>/mlflow_run_id.txt`` (a new run when that file is absent or empty). Returns the
+    ``<train.out_dir>/mlflow_run_id.txt`` (a new run when that file is absent or empty; an error when it
+    records other weights than ``weights``: see :func:`mmaudio.tracking.run_id_for_weights`). Returns the
     scores on rank 0 (an empty dict elsewhere).
     """
     cfg = params.evaluate
@@ -236,8 +248,8 @@ def evaluate(
     train_dir = Path(params.train.out_dir)
     weights = Path(weights) if weights is not None else train_dir / "weights.pth"
     if run_id is None:
-        id_file = train_dir / "mlflow_run_id.txt"
-        run_id = (id_file.read_text().strip() or None) if id_file.is_file() else None
+        # only the training run that made these very weights: a stale or copied file is an error
+        run_id = run_id_for_weights(train_dir / RUN_ID_FILE, weights)
     out_dir = Path(cfg.out_dir)
     features = FeatureSet.open(Path(params.extract.out_dir) / cfg.dataset, mode=params.extract.mode)
     options = sampling_options(params.evaluate)
@@ -249,6 +261,8 @@ def evaluate(
     # by side in the MLflow UI. The training run also gets the scores, so training runs compare by
     # them; its params (write-once) stay those of training.
     with contextlib.ExitStack() as stack:
+        if ctx.rank == 0:  # one evaluation at a time writes evaluate.out_dir
+            stack.enter_context(exclusive_folder(out_dir, "evaluation run"))
         train_run = stack.enter_context(StageRun(STAGE, params, rank=ctx.rank, run_id=run_id)) if run_id else None
         run = stack.enter_context(StageRun(STAGE, params, rank=ctx.rank, inputs=inputs, parent_run_id=run_id))
         if train_run is not None:
@@ -256,17 +270,19 @@ def evaluate(
             if run.run_id is not None:
                 train_run.set_tags({"eval.run_id": run.run_id})  # the latest evaluation's own run
         net = load_trained_network(params.train.network, weights, ctx.device)
-        nets = {"": net}
+        runs = {"": (net, features)}
         cache = None
         if cfg.baseline:
             cache = _baseline_cache(params, net, features, root, ctx)
             if cache.hit is None:
-                nets["baseline_"] = untrained_network(params.train.network, params.train.seed, net, ctx.device)
+                runs["baseline_"] = (untrained_network(params.train.network, params.train.seed, net, ctx.device), features)
+        if cfg.shuffled_control:  # the trained network with another clip's video (mmaudio.evaluation.sync)
+            runs[SHUFFLED_PREFIX] = (net, ShuffledVideo(features))
         latents = {}
-        for prefix, n in nets.items():
-            log.info("sampling %d rows of %s with the %s network (%s, %d steps)", len(features), cfg.dataset,
-                     "untrained" if prefix else "trained", cfg.solver, cfg.num_steps)
-            latents[prefix] = sample_feature_set(n, features, options, ctx)
+        for prefix, (n, f) in runs.items():
+            log.info("sampling %d rows of %s with the %s (%s, %d steps)", len(features), cfg.dataset,
+                     _NETWORK_NAMES[prefix], cfg.solver, cfg.num_steps)
+            latents[prefix] = sample_feature_set(n, f, options, ctx)
         if not ctx.is_main:
             barrier()
             return {}
@@ -328,25 +344,29 @@ def _score_and_write(
     skipped: dict[str, str] = {}
     notes: dict[str, str] = {}
     for prefix, lat in latents.items():
-        log.info("decoding and scoring the %s network's %d samples", "untrained" if prefix else "trained", len(ids))
+        log.info("decoding and scoring the %s's %d samples", _NETWORK_NAMES[prefix], len(ids))
         waves = scorer.decode(lat)
         folder = out_dir / f"{prefix}samples"
         for i in ids:
             write_flac(folder / f"{i}.flac", waves[i], rate)
         s, k, n = scorer.score(waves)
         scores |= {f"{prefix}{key}": v for key, v in s.items()}
-        if prefix and cache is not None and cache.cache is not None:
+        if prefix == "baseline_" and cache is not None and cache.cache is not None:
             cache.cache.store(s, folder, ids)
         if not prefix:
             skipped |= k
         notes |= {f"{prefix}{key}": v for key, v in n.items()}
-        for i in ids[: cfg.num_logged_samples]:
+        for i in _logged_ids(ids, scorer.events, cfg.num_logged_samples):
             runs[0].log_artifact(folder / f"{i}.flac", artifact_path=f"evaluate/{prefix}samples")
+            events = scorer.events.get(i) if scorer.events else None
+            png = write_spectrogram_png(out_dir / "spectrograms" / f"{prefix}{i}.png", waves[i], rate, events,
+                                        detect_onsets(waves[i], rate))
+            runs[0].log_artifact(png, artifact_path=f"evaluate/{prefix}spectrograms")
 
     if cache is not None and cache.hit is not None:
         cache.cache.copy_samples(ids, out_dir / "baseline_samples")
         scores |= {f"baseline_{key}": v for key, v in cache.hit.items()}
-        for i in ids[: cfg.num_logged_samples]:
+        for i in _logged_ids(ids, scorer.events, cfg.num_logged_samples):
             runs[0].log_artifact(out_dir / "baseline_samples" / f"{i}.flac", artifact_path="evaluate/baseline_samples")
     skipped |= scorer.skipped_official
     for reason, metrics in _by_reason(skipped).items():  # one line per missing file, not per metric
@@ -363,13 +383,14 @@ def _score_and_write(
     doc = headline_scores(scores)
     (out_dir / SCORES_JSON).write_text(json.dumps(doc, indent=2) + "\n")
     finite = {k: v for k, v in scores.items() if math.isfinite(v)}
-    # every score goes to MLflow, grouped: test/<key> for the trained network, baseline/<key> for the untrained
-    run.log_metrics({(f"baseline/{k[len('baseline_'):]}" if k.startswith("baseline_") else f"test/{k}"): v
-                     for k, v in finite.items()})
+    # every score goes to MLflow, grouped: test/<key> for the trained network, baseline/<key> for the
+    # untrained one, shuffled/<key> for the shuffled-video control
+    run.log_metrics({_mlflow_key(k): v for k, v in finite.items()})
     run.set_tags({f"eval.skipped.{m}": r for m, r in skipped.items()})
     run.set_tags({f"eval.note.{m}": r for m, r in notes.items()})
     run.set_tags({"eval.dataset": cfg.dataset, "eval.solver": cfg.solver, "eval.num_steps": cfg.num_steps,
-                  "eval.seed": cfg.seed, "eval.rows": len(ids), "eval.extractor_preset": cfg.extractor_preset})
+                  "eval.seed": cfg.seed, "eval.rows": len(ids), "eval.extractor_preset": cfg.extractor_preset,
+                  "eval.onset_tolerance_sec": ONSET_TOLERANCE_SEC})
     run.set_tags({f"eval.out.{relpath(out_dir / SCORES_JSON, root)}": dvc_hash(out_dir / SCORES_JSON)})
     log.info("evaluate: %d rows of %s; %s (all %d scores in MLflow run %s)", len(ids), cfg.dataset,
              ", ".join(f"{k} {v:.4g}" for k, v in _flat(doc).items() if v is not None), len(finite), runs[0].run_id)
@@ -382,9 +403,9 @@ HEADLINE_SCORES = ("proxy_fd_logmel", "proxy_onset_gt_f1", "fd_passt", "ib_score
 
 
 def headline_scores(scores: Mapping[str, float]) -> dict[str, dict[str, float | None]]:
-    """``{"test": {...}, "baseline": {...}}``: the :data:`HEADLINE_SCORES` present in ``scores``."""
+    """``{"test": {...}, "baseline": {...}, "shuffled": {...}}``: the :data:`HEADLINE_SCORES` present in ``scores``."""
     doc: dict[str, dict[str, float | None]] = {}
-    for group, prefix in (("test", ""), ("baseline", "baseline_")):
+    for group, prefix in (("test", ""), *((c[:-1], c) for c in CONTROL_PREFIXES)):
         picked = {k: _json_value(scores[prefix + k]) for k in HEADLINE_SCORES if prefix + k in scores}
         if picked:
             doc[group] = picked
@@ -400,6 +421,19 @@ def _by_reason(skipped: Mapping[str, str]) -> dict[str, list[str]]:
     for metric, reason in sorted(skipped.items()):
         out.setdefault(reason, []).append(metric)
     return out
+
+
+def _mlflow_key(key: str) -> str:
+    for prefix in CONTROL_PREFIXES:
+        if key.startswith(prefix):
+            return f"{prefix[:-1]}/{key[len(prefix):]}"
+    return f"test/{key}"
+
+
+def _logged_ids(ids: list[str], events: Mapping[str, np.ndarray] | None, n: int) -> list[str]:
+    """The first ``n`` clips, those with known events first (their spectrograms show the sync)."""
+    with_events = [i for i in ids if events and len(events.get(i, ())) > 0]
+    return (with_events + [i for i in ids if i not in with_events])[:n]
 
 
 class _Fanout:

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmaudio.training.checkpoint import load_plain_file
+from mmaudio.training.checkpoint import CheckpointError, load_plain_file, sidecar_path, verify_sidecar, write_sidecar
 from mmaudio.weights import save_weight_file
 
 SNAPSHOT_RE = re.compile(r"^ema-(\d{9})\.pt$")
@@ -148,10 +148,13 @@ class PowerEMA:
         self.step = int(state["step"])
 
     def snapshot(self, folder: str | os.PathLike) -> Path:
-        """Write every average at the current step to ``folder/ema-<step>.pt`` (temp file + rename)."""
+        """Write every average at the current step to ``folder/ema-<step>.pt`` (temp file + rename) and
+        its size/hash record ``ema-<step>.pt.sum``, as checkpoints have."""
         path = snapshot_path(folder, self.step)
         pkg = {**self.state_dict(), "gammas": list(self.gammas)}
-        return save_weight_file(pkg, path)
+        save_weight_file(pkg, path)
+        write_sidecar(path)
+        return path
 
 
 def snapshot_path(folder: str | os.PathLike, step: int) -> Path:
@@ -172,6 +175,7 @@ def remove_snapshots_after(folder: str | os.PathLike, step: int) -> list[Path]:
     removed = [p for s, p in list_snapshots(folder) if s > step]
     for p in removed:
         p.unlink()
+        sidecar_path(p).unlink(missing_ok=True)
     return removed
 
 
@@ -195,6 +199,12 @@ def synthesize_ema(folder: str | os.PathLike, sigma_rel: float, step: int | None
     snaps = [(s, p) for s, p in snaps if s <= step]
     if not snaps:
         raise FileNotFoundError(f"no EMA snapshot at or before step {step} in {folder}")
+    # A snapshot at or before the last checkpoint always has its record (the record is renamed into
+    # place before the checkpoint is written), so a missing or differing one is damage: one flipped
+    # bit would otherwise change the exported weights without a word.
+    for _, p in snaps:
+        if not verify_sidecar(p):
+            raise CheckpointError(f"{p} has no size/hash record {sidecar_path(p).name}: cannot tell whether it is intact")
     # the widths come from the files, so snapshots of other runs' settings cannot be mixed in silently
     metas = [(s, p, load_plain_file(p, mmap=True)) for s, p in snaps]  # mapped: only one is read at a time
     steps, gammas = [], []

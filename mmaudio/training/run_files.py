@@ -7,7 +7,8 @@ file holding only the rows where it was measured (the layout DVCLive writes):
     <train.out_dir>/plots/metrics/train/loss.tsv   step, loss: the mean training loss of each logged window
     <train.out_dir>/plots/metrics/val/loss.tsv     step, loss: the validation loss, at validation steps only
     <train.out_dir>/plots/images/*.png             mel spectrograms of the last validation's samples (evaluation.audio_samples)
-    <train.out_dir>/mlflow_run_id.txt              the MLflow run, for the evaluate stage to log into
+    <train.out_dir>/mlflow_run_id.txt              the MLflow run and the SHA-256 of the weights.pth it made,
+                                                   for the evaluate stage to log into (mmaudio.tracking)
 
 metrics.json keeps a handful of headline numbers so that `dvc exp show` stays narrow; every metric
 goes to MLflow (``train/...``, ``val/...``).
@@ -20,6 +21,7 @@ import math
 from pathlib import Path
 
 from mmaudio.tables import write_tsv
+from mmaudio.tracking import RUN_ID_FILE, write_run_id_file
 
 PLOTS_DIR = "plots"
 IMAGES_DIR = f"{PLOTS_DIR}/images"
@@ -33,9 +35,10 @@ def series_path(out_dir: Path, name: str) -> Path:
 
 
 def write_run_files(
-    out_dir: Path, history: list[list[float]], loss: float, val_loss: float | None, step: int, run_id: str | None
+    out_dir: Path, history: list[list[float]], loss: float, val_loss: float | None, step: int, run_id: str | None,
+    weights: Path,
 ) -> None:
-    """metrics.json, one TSV per plotted series, and mlflow_run_id.txt."""
+    """metrics.json, one TSV per plotted series, and mlflow_run_id.txt (the run bound to ``weights``' hash)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = {"train": {"loss": _finite(loss)}, "val": {"loss": _finite(val_loss)}, "step": step}
@@ -46,7 +49,7 @@ def write_run_files(
         path = series_path(out_dir, name)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_tsv(path, ("step", metric), rows)
-    (out_dir / "mlflow_run_id.txt").write_text((run_id or "") + "\n")
+    write_run_id_file(out_dir / RUN_ID_FILE, run_id, weights)
 
 
 def _finite(v: float | None) -> float | None:

@@ -15,7 +15,9 @@ nothing else writes them; :meth:`TrainState.load_state_dict` restores it on ever
     history       [step, loss, val_loss] rows
     config        the resolved params of the run
     run_key       the run's identity (see mmaudio.training.train.run_key)
-    mlflow_run_id the run's MLflow id ('' without tracking)
+
+No MLflow run id: identical runs write identical bytes (one DVC hash); the run that wrote a
+checkpoint is found by its ``train.run_key`` param.
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ from mmaudio.weights import load_state_dict_strict
 log = logging.getLogger(__name__)
 
 CHECKPOINT_KEYS = ("step", "model", "ema", "optimizer", "scheduler", "loader", "ranks", "history", "config",
-                   "run_key", "mlflow_run_id")
-# the keys without which a checkpoint cannot be resumed (run_key and mlflow_run_id are records only)
+                   "run_key")
+# the keys without which a checkpoint cannot be resumed (run_key is a record only)
 REQUIRED_CHECKPOINT_KEYS = CHECKPOINT_KEYS[:9]
 
 
@@ -86,8 +88,7 @@ class TrainState:
         """What every rank contributes to a checkpoint (gathered into ``ranks``)."""
         return {"rng": rng_states({"step": self.gen}), "window": self.window.state_dict()}
 
-    def state_dict(self, ranks: list[dict[str, Any]], *, config: dict[str, Any], run_key: str,
-                   mlflow_run_id: str) -> dict[str, Any]:
+    def state_dict(self, ranks: list[dict[str, Any]], *, config: dict[str, Any], run_key: str) -> dict[str, Any]:
         """The checkpoint (rank 0): every key of :data:`CHECKPOINT_KEYS`."""
         return {
             "step": self.step,
@@ -100,7 +101,6 @@ class TrainState:
             "history": self.history,
             "config": config,
             "run_key": run_key,
-            "mlflow_run_id": mlflow_run_id,
         }
 
     def load_state_dict(self, ckpt: dict[str, Any], *, rank: int, world_size: int, source: str) -> None:

@@ -28,8 +28,9 @@ Files under ``train.out_dir``:
     checkpoints/<run_key>/ckpt-<step>.pt   the last ``keep_last`` checkpoints (a persistent DVC out)
     checkpoints/<run_key>/ema/ema-<step>.pt  EMA snapshots, every ``ema.snapshot_every`` steps and at the end
     weights.pth          EMA synthesised at ``ema.output_sigma_rel``, in the official mmaudio_*.pth format
-    metrics.json, plots/, mlflow_run_id.txt   headline metrics, plot series and images for DVC, the
-                         MLflow run for the evaluation stage (mmaudio.training.run_files)
+    metrics.json, plots/, mlflow_run_id.txt   headline metrics, plot series and images for DVC; the
+                         MLflow run and the SHA-256 of the weights.pth it made, for the evaluation stage
+                         (mmaudio.training.run_files)
 
 ``run_key`` hashes everything that decides the numbers: the train config except bookkeeping keys
 (``RESUME_NEUTRAL_KEYS``), the content hashes of the inputs (:func:`mmaudio.hashing.input_hashes`, the
@@ -41,6 +42,7 @@ resumes only from checkpoints of its own key, so changing a param or the data st
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -62,11 +64,12 @@ from mmaudio.config import ConfigError, Params, TrainConfig, find_repo_root, to_
 from mmaudio.distributed import DistContext, barrier, resolve_device
 from mmaudio.features import FeatureSet
 from mmaudio.hashing import input_hashes
+from mmaudio.locks import exclusive_folder
 from mmaudio.modes import mode_spec
 from mmaudio.model.flow_matching import flow_matching_loss, interpolate, sample_logit_normal_t, sample_noise_like
 from mmaudio.model.network import MMAudioNetwork, NetworkPreset, build_network, get_network_preset, load_network_weights
-from mmaudio.tracking import StageRun, relpath
-from mmaudio.training.checkpoint import load_latest_checkpoint, load_plain_file, save_checkpoint
+from mmaudio.tracking import StageRun, redact_credentials, relpath
+from mmaudio.training.checkpoint import list_checkpoints, load_latest_checkpoint, load_plain_file, save_checkpoint
 from mmaudio.training.ema import PowerEMA, list_snapshots, remove_snapshots_after, synthesize_ema
 from mmaudio.training.loader import Batch, TrainLoader, TrainSource, latent_stats, rank_slice, val_batches
 from mmaudio.training.run_files import write_run_files
@@ -445,7 +448,9 @@ def fit(
         "train.rows_per_epoch": loader.num_rows,
     }
 
-    with StageRun(STAGE, params, inputs=input_paths, rank=ctx.rank, extra_params=derived, hashes=hashes) as run:
+    # one run per output folder (rank 0 holds it for all): the lock goes when the process does
+    lock = exclusive_folder(out_dir, "training run") if ctx.rank == 0 else contextlib.nullcontext()
+    with lock, StageRun(STAGE, params, inputs=input_paths, rank=ctx.rank, extra_params=derived, hashes=hashes) as run:
         ckpt, ckpt_path = _find_checkpoint(ckpt_dir, ctx)
         net, notes = _build_network(params, preset, sources, ckpt is not None, inputs, ctx)
         trainable = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
@@ -475,7 +480,9 @@ def fit(
                     log.info("removed %d EMA snapshots newer than the checkpoint", len(removed))
             resumed_from = state.step
             log.info("resumed from %s (step %d)", ckpt_path, state.step)
-            run.set_tags({"train.resumed_from_step": state.step, "train.resumed_from_run": ckpt.get("mlflow_run_id", "")})
+            # the run that wrote the checkpoint is found by the same train.run_key param: the file itself
+            # carries no run id, so identical runs write identical bytes (one DVC hash)
+            run.set_tags({"train.resumed_from_step": state.step})
             del ckpt
         log.info(
             "training %s (%d trainable parameters) on %d process(es), %s: %d rows per epoch, global batch %d "
@@ -487,13 +494,19 @@ def fit(
         def checkpoint_now() -> None:
             ranks = _gather(state.rank_state_dict(), ctx)
             if ctx.rank == 0:
-                body = state.state_dict(ranks, config=dataclasses.asdict(params), run_key=key,
-                                        mlflow_run_id=run.run_id or "")
+                body = state.state_dict(ranks, config=checkpoint_config(params), run_key=key)
                 log.info("checkpoint %s", save_checkpoint(ckpt_dir, body, cfg.keep_last))
             barrier()
 
         val_loss: float | None = None
         last_loss = math.nan
+        # the first step whose loss or grad norm was NaN/inf (0: none), kept on the device
+        first_bad = torch.zeros((), dtype=torch.int64, device=ctx.device)
+        # the same steps on every rank (the check all-reduces): every interval at which anything is
+        # logged, sampled or saved, whichever rank does it
+        check_every = [cfg.log_interval, cfg.checkpoint_every, cfg.ema.snapshot_every, cfg.val_interval]
+        if cfg.eval_interval > 0:
+            check_every.append(cfg.eval_interval)
         objective.train()
         while state.step < cfg.num_iterations:
             # one optimizer step on this rank's rows of the global batch
@@ -508,6 +521,10 @@ def fit(
             state.step += 1
             state.window.add(loss, grad_norm)
             step, final = state.step, state.step == cfg.num_iterations
+            first_bad.masked_fill_((first_bad == 0) & ~(torch.isfinite(loss) & torch.isfinite(grad_norm)), step)
+            if final or any(step % every == 0 for every in check_every):
+                # before anything is logged or saved: a NaN must never reach a checkpoint or an EMA snapshot
+                stop_if_not_finite(first_bad, ctx, ckpt_dir)
 
             if step % cfg.log_interval == 0 or final:
                 last_loss = _log_window(state, lr, cfg, ctx, run)
@@ -541,7 +558,7 @@ def fit(
         weights_path = None
         if ctx.rank == 0:
             weights_path = export_ema_weights(net, ema_dir, cfg, out_dir / "weights.pth", run)
-            write_run_files(out_dir, history, last_loss, val_loss, state.step, run.run_id)
+            write_run_files(out_dir, history, last_loss, val_loss, state.step, run.run_id, weights_path)
             run.log_outputs([weights_path])
             run.log_artifact(weights_path, artifact_path="weights")  # through the server, as the README says
         barrier()
@@ -569,6 +586,31 @@ def _log_window(state: TrainState, lr: float, cfg: TrainConfig, ctx: DistContext
     return loss
 
 
+class NonFiniteLossError(RuntimeError):
+    """The training loss or gradient norm became NaN or inf; the message names the step."""
+
+
+def stop_if_not_finite(first_bad: torch.Tensor, ctx: DistContext, ckpt_dir: Path) -> None:
+    """Raise on every rank if any rank saw a non-finite loss or gradient norm (``first_bad`` > 0).
+
+    The flag lives on the device and is read only here, at the steps where something is logged or
+    saved, so the loop does not wait for the GPU every step."""
+    never = torch.iinfo(torch.int64).max
+    bad = torch.where(first_bad > 0, first_bad, torch.full_like(first_bad, never))
+    if ctx.world_size > 1 and dist.is_initialized():
+        dist.all_reduce(bad, op=dist.ReduceOp.MIN)
+    step = int(bad)
+    if step == never:
+        return
+    kept = list_checkpoints(ckpt_dir)
+    last = f"the last good checkpoint is {kept[-1][1]} (step {kept[-1][0]})" if kept else "no checkpoint was written yet"
+    raise NonFiniteLossError(
+        f"training stopped: the loss or gradient norm at step {step} is NaN or inf (check the data, "
+        f"train.learning_rate and train.grad_clip); {last}; nothing from that step on was saved and weights.pth "
+        "was not exported"
+    )
+
+
 def export_ema_weights(net: MMAudioNetwork, ema_dir: Path, cfg: TrainConfig, path: Path, run: StageRun) -> Path:
     """Synthesise the EMA of width ``ema.output_sigma_rel`` at the last step into an official-format file."""
     snaps = list_snapshots(ema_dir)
@@ -577,6 +619,9 @@ def export_ema_weights(net: MMAudioNetwork, ema_dir: Path, cfg: TrainConfig, pat
     unknown = set(synth.state) - set(state)
     if unknown:
         raise ValueError(f"{ema_dir}: EMA tensors {sorted(unknown)[:5]} are not network parameters")
+    non_finite = [k for k, v in synth.state.items() if not bool(torch.isfinite(v).all())]
+    if non_finite:
+        raise NonFiniteLossError(f"{ema_dir}: the EMA snapshots hold NaN or inf in {non_finite[:5]}; {path} not written")
     state.update(synth.state)  # the trainable tensors; fixed ones (latent stats, empty string) stay
     with torch.device("meta"):
         layout = {k: tuple(v.shape) for k, v in build_network(net.preset).state_dict().items()}
@@ -588,3 +633,11 @@ def export_ema_weights(net: MMAudioNetwork, ema_dir: Path, cfg: TrainConfig, pat
     run.log_metrics({"train/ema_synthesis_error": synth.relative_error}, step=synth.step)
     run.log_params({"train.ema.snapshots_used": synth.num_snapshots})
     return path
+
+
+def checkpoint_config(params: Params) -> dict[str, Any]:
+    """The resolved config as a checkpoint stores it, with any credentials in the tracking URI hidden."""
+    config = dataclasses.asdict(params)
+    if config["tracking"]["uri"]:
+        config["tracking"]["uri"] = redact_credentials(config["tracking"]["uri"])
+    return config

@@ -51,6 +51,10 @@ def load_weight_file(path: str | os.PathLike, *, subkey: str | None = None) -> d
     hollow = [k for k, v in obj.items() if v.is_meta]
     if hollow:
         raise WeightFileError(f"weight file {path}: entries hold no data (meta tensors): {hollow[:5]}")
+    # one NaN weight makes every feature and every later checkpoint NaN without any error
+    non_finite = [k for k, v in obj.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if non_finite:
+        raise WeightFileError(f"weight file {path}: entries hold NaN or inf values: {non_finite[:5]}")
     return dict(obj)
 
 

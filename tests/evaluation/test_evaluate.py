@@ -19,6 +19,7 @@ from mmaudio.evaluation import evaluate as evaluate_mod
 from mmaudio.features import write_feature_set
 from mmaudio.media import decode_audio
 from mmaudio.model.network import NETWORK_PRESETS, build_network, save_network_weights
+from mmaudio.tracking import write_run_id_file
 from tests.evaluation.workspace import copy_tiny_decoders
 from tests.training.presets import MICRO
 
@@ -84,7 +85,7 @@ def test_evaluate_writes_scores_and_logs_into_existing_run(ws):
     exp = client.create_experiment("mmaudio")
     run_id = client.create_run(exp).info.run_id
     client.log_metric(run_id, "train.loss", 1.0)
-    (root / "train" / "mlflow_run_id.txt").write_text(run_id + "\n")
+    write_run_id_file(root / "train" / "mlflow_run_id.txt", run_id, root / "train" / "weights.pth")
 
     scores = evaluate_mod.evaluate(params)
 
@@ -97,7 +98,7 @@ def test_evaluate_writes_scores_and_logs_into_existing_run(ws):
     # scores.json: the headline scores only (dvc exp show stays narrow); all of them go to MLflow
     doc = json.loads((root / "eval" / "scores.json").read_text())
     assert doc == {group: {k: pytest.approx(scores[prefix + k]) for k in ("proxy_fd_logmel", "proxy_onset_gt_f1")}
-                   for group, prefix in (("test", ""), ("baseline", "baseline_"))}
+                   for group, prefix in (("test", ""), ("baseline", "baseline_"), ("shuffled", "shuffled_"))}
     for folder in ("samples", "baseline_samples", "gt"):
         for i in IDS:
             track = decode_audio(root / "eval" / folder / f"{i}.flac")
@@ -168,7 +169,7 @@ def test_two_evaluations_of_one_training_keep_their_settings(ws):
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     exp = client.create_experiment("mmaudio")
     run_id = client.create_run(exp).info.run_id
-    (root / "train" / "mlflow_run_id.txt").write_text(run_id + "\n")
+    write_run_id_file(root / "train" / "mlflow_run_id.txt", run_id, root / "train" / "weights.pth")
     quick = {"crepe": False, "baseline": False, "num_logged_samples": 0}
     first = evaluate_mod.evaluate(dataclasses.replace(params, evaluate=dataclasses.replace(params.evaluate, **quick)))
     second = evaluate_mod.evaluate(

@@ -67,7 +67,7 @@ class Outcome:
 @dataclass(frozen=True)
 class Case:
     name: str
-    category: str  # media | tsv | params | weights | paths | features
+    category: str  # media | tsv | params | weights | paths | features | tracking
     expected: Outcome  # message: a regular expression that must match the whole observed message
     run: Callable[[Path, GoodMedia], Outcome]  # (a fresh empty folder, the good files) -> observed
     slow: bool = False
@@ -969,6 +969,134 @@ def _(tmp, good):
 def _(tmp, good):
     (tmp / "w.pth").mkdir()
     return weights_beside_good(good, lambda: load_weight_file(tmp / "w.pth"))
+
+
+# -- issue 16, second half: value ranges, YAML structure, non-finite weights, tracking records ---------
+
+
+@case("params: negative train.gamma", "params", "raised", "ConfigError", _P + r"key 'train\.gamma' must be in \(0, 1\], got -0\.5")
+def _(tmp, good):
+    return params_beside_good(tmp, ["train.gamma=-0.5"])
+
+
+@case("params: negative train.weight_decay", "params", "raised", "ConfigError",
+      _P + r"key 'train\.weight_decay' must be in \[0, 1\], got -0\.01")
+def _(tmp, good):
+    return params_beside_good(tmp, ["train.weight_decay=-0.01"])
+
+
+@case("params: train.seed of 2**70", "params", "raised", "ConfigError",
+      _P + r"key 'train\.seed' must be in \[0, 2\*\*32 - 1\], got 1180591620717411303424")
+def _(tmp, good):
+    return params_beside_good(tmp, [f"train.seed={2**70}"])
+
+
+@case("params: zero val_interval", "params", "raised", "ConfigError", _P + r"key 'train\.val_interval' must be >= 1, got 0")
+def _(tmp, good):
+    return params_beside_good(tmp, ["train.val_interval=0"])
+
+
+@case("params: negative evaluate.cfg_strength", "params", "raised", "ConfigError",
+      _P + r"key 'evaluate\.cfg_strength' must be in \[0, inf\), got -4\.5")
+def _(tmp, good):
+    return params_beside_good(tmp, ["evaluate.cfg_strength=-4.5"])
+
+
+@case("params: password in tracking.uri", "params", "raised", "ConfigError",
+      _P + r"key 'tracking\.uri' \(http://alice:\*\*\*@mlflow\.example:5000\) carries credentials; .*MLFLOW_TRACKING_URI")
+def _(tmp, good):
+    return params_beside_good(tmp, ["tracking.uri=http://alice:s3cret@mlflow.example:5000"])
+
+
+@case("params.yaml alias bomb (10**9 values from 500 bytes)", "params", "raised", "ConfigError",
+      _P + r"its YAML aliases expand to 1234567911 values \(at most 100000 are read\); refused before expanding them")
+def _(tmp, good):
+    lines = ['l0: &l0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 9)]
+    return params_beside_good(tmp, [], ("profile: tiny\n" + "\n".join(lines) + "\n").encode())
+
+
+@case("params.yaml nested 100000 levels deep", "params", "raised", "ConfigError",
+      _P + r"its YAML nests deeper than 64 levels; refused")
+def _(tmp, good):
+    return params_beside_good(tmp, [], b"profile: tiny\nx: " + b"[" * 100_000 + b"]" * 100_000 + b"\n")
+
+
+@case("weights: a NaN entry", "weights", "raised", "WeightFileError",
+      r"weight file .*/w\.pth: entries hold NaN or inf values: \['weight'\]")
+def _(tmp, good):
+    w = torch.zeros(3, 4)
+    w[1, 2] = float("nan")
+    torch.save({"weight": w, "bias": torch.zeros(3)}, tmp / "w.pth")
+    return weights_beside_good(good, lambda: load_weight_file(tmp / "w.pth"))
+
+
+@case("weights: an inf entry", "weights", "raised", "WeightFileError",
+      r"weight file .*/w\.pth: entries hold NaN or inf values: \['bias'\]")
+def _(tmp, good):
+    torch.save({"weight": torch.zeros(3, 4), "bias": torch.tensor([0.0, float("-inf"), 0.0])}, tmp / "w.pth")
+    return weights_beside_good(good, lambda: load_weight_file(tmp / "w.pth"))
+
+
+def _spool(tmp: Path, artifact: dict) -> Path:
+    import json
+
+    spool = tmp / "mlflow_spool" / "shared.jsonl"
+    spool.parent.mkdir(parents=True)
+    spool.with_suffix(".files").mkdir()
+    records = [{"op": "header", "uri": "sqlite:///unused.db", "stage": "x", "run_id": None},
+               {"op": "start", "experiment": "hostile", "run_name": "x", "artifact_location": None,
+                "resume_run_id": None, "time_ms": 0}, {"op": "artifact", "name": "f", **artifact}]
+    spool.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return spool
+
+
+def _replay_beside_good(tmp: Path, spool: Path) -> Outcome:
+    """Replay a hostile spool into a fresh store; the store must stay empty, and a good spool beside it replays."""
+    import mlflow
+
+    from mmaudio.tracking import SpoolError, replay_spool
+
+    store = f"sqlite:///{tmp / 'store.db'}"
+    observed = raised(lambda: replay_spool(spool, uri=store), SpoolError)
+    assert mlflow.MlflowClient(tracking_uri=store).get_experiment_by_name("hostile") is None, "records were sent"
+    good_dir = tmp / "good"
+    good_dir.mkdir()
+    ok = _spool(good_dir, {"path": "000000/a.txt", "artifact_path": "notes", "spooled": True})
+    (ok.with_suffix(".files") / "000000").mkdir()
+    (ok.with_suffix(".files") / "000000" / "a.txt").write_text("a\n")
+    run_id = replay_spool(ok, uri=store)
+    assert [a.path for a in mlflow.MlflowClient(tracking_uri=store).list_artifacts(run_id, "notes")] == ["notes/a.txt"]
+    return observed
+
+
+@case("spool: artifact path with ../ out of the spool", "tracking", "raised", "SpoolError",
+      r"artifact f: path '\.\./\.\./\.\./\.\./\.\./\.\./etc/passwd' leaves the spool folder .*/shared\.files; refused")
+def _(tmp, good):
+    return _replay_beside_good(tmp, _spool(tmp, {"path": "../../../../../../etc/passwd", "artifact_path": None, "spooled": True}))
+
+
+@case("spool: artifact record naming an absolute local file", "tracking", "raised", "SpoolError",
+      r".*/shared\.jsonl: record 2 \(artifact f\) names a file outside the spool; refused")
+def _(tmp, good):
+    return _replay_beside_good(tmp, _spool(tmp, {"path": "/etc/passwd", "artifact_path": None}))
+
+
+@case("run-id file of another training run", "tracking", "raised", "StaleRunIdError",
+      r".*/mlflow_run_id\.txt: run 0{32} made a weights\.pth with SHA-256 [0-9a-f]{16}\.\.\., but .*/weights\.pth has "
+      r"[0-9a-f]{16}\.\.\.: the run-id file is stale or from another run; rerun the train stage, or delete .* to log "
+      r"into a new run")
+def _(tmp, good):
+    from mmaudio.tracking import StaleRunIdError, run_id_for_weights, write_run_id_file
+
+    (tmp / "weights.pth").write_bytes(b"old weights")
+    write_run_id_file(tmp / "mlflow_run_id.txt", "0" * 32, tmp / "weights.pth")
+    (tmp / "good.pth").write_bytes(b"good weights")
+    write_run_id_file(tmp / "good_run_id.txt", "1" * 32, tmp / "good.pth")
+    (tmp / "weights.pth").write_bytes(b"retrained weights")
+    observed = raised(lambda: run_id_for_weights(tmp / "mlflow_run_id.txt", tmp / "weights.pth"), StaleRunIdError)
+    assert run_id_for_weights(tmp / "good_run_id.txt", tmp / "good.pth") == "1" * 32
+    return observed
 
 
 def run_case(c: Case, tmp: Path, good: GoodMedia) -> Outcome:

@@ -13,7 +13,7 @@ def test_corpus_is_broad():
     by_category: dict[str, int] = {}
     for c in CASES:
         by_category[c.category] = by_category.get(c.category, 0) + 1
-    assert len(CASES) >= 30 and set(by_category) == {"media", "tsv", "params", "weights", "paths", "features"}, by_category
+    assert len(CASES) >= 30 and set(by_category) == {"media", "tsv", "params", "weights", "paths", "features", "tracking"}, by_category
     assert len({c.name for c in CASES}) == len(CASES)
 
 

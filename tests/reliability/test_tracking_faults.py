@@ -100,6 +100,7 @@ def test_server_down_at_start_then_up_receives_everything(server, workspace, cap
     t0 = time.monotonic()
     with caplog.at_level(logging.INFO, logger="mmaudio.tracking"):
         with StageRun("stage_a", _params(server), inputs=["in.txt"]) as run:
+            run.sync()  # records go through a background thread
             assert run.run_id is None and run.spool is not None  # nothing reached the store yet
             for step in range(1, 4):
                 run.log_metrics({"loss": 1.0 / step}, step=step)
@@ -111,7 +112,8 @@ def test_server_down_at_start_then_up_receives_everything(server, workspace, cap
             assert time.monotonic() - t0 < 10  # fail-fast client: no long stalls per call
             server.start()
             time.sleep(0.6)  # past the retry interval
-            run.log_metrics({"loss": 0.1}, step=4)  # this call sends the spool first
+            run.log_metrics({"loss": 0.1}, step=4)  # this record sends the spool first
+            run.sync()
             assert run.spool is None and run.run_id is not None
     assert not run.incomplete and run.deferred >= 8
     assert "could not send start of run" in caplog.text and "is back: sent the" in caplog.text
@@ -134,17 +136,20 @@ def test_server_killed_mid_run_and_restarted(server, workspace, caplog):
         with StageRun("stage_b", _params(server)) as run:
             run_id = run.run_id
             run.log_metrics({"loss": 1.0}, step=1)
+            run.sync()
             server.kill()
             t0 = time.monotonic()
             for step in range(2, 6):
                 run.log_metrics({"loss": float(step)}, step=step)  # the stage goes on
             run.log_params({"late.param": 7})
+            run.sync()
             assert time.monotonic() - t0 < 10 and run.spool is not None and run.spool.is_file()
             spooled = run.spool.read_text()
             assert '"step": 2' in spooled and "late.param" in spooled
             server.start()
             time.sleep(0.6)
             run.log_metrics({"loss": 6.0}, step=6)
+            run.sync()
             assert run.spool is None
     assert run.run_id == run_id and not run.incomplete
     assert "unreachable" in caplog.text and "metrics ['loss'] at step 2" in caplog.text
@@ -160,6 +165,7 @@ def test_server_gone_for_good_leaves_a_spool_that_replays(server, workspace, cap
     with caplog.at_level(logging.INFO, logger="mmaudio.tracking"):
         with StageRun("stage_c", _params(server)) as run:
             run.log_metrics({"loss": 1.0}, step=1)
+            run.sync()  # the run exists on the server before it goes
             server.kill()
             run.log_metrics({"loss": 2.0}, step=2)
             run.set_tags({"result": "kept"})
@@ -185,3 +191,20 @@ def test_refused_records_still_raise(server, workspace):
             run.log_params({"p": 1})
             run.log_params({"p": 2})
     assert run.spool is None
+
+
+def test_credentials_in_the_uri_never_reach_stdout_or_the_log(server, workspace, capfd, caplog, monkeypatch):
+    """MLflow prints "View run ... at: <uri>" itself; with a password in the URI that line leaked it."""
+    server.start()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri.replace("http://", "http://alice:s3cret@"))
+    monkeypatch.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", raising=False)
+    with caplog.at_level(logging.INFO, logger="mmaudio.tracking"):
+        with StageRun("stage_e", load_params(["tracking.experiment=creds"])) as run:
+            run.log_metrics({"loss": 1.0}, step=1)
+    out, err = capfd.readouterr()
+    assert run.run_id is not None and not run.incomplete
+    assert "View run" not in out
+    assert "s3cret" not in out + err + caplog.text
+    assert "http://alice:***@127.0.0.1" in caplog.text
+    r = mlflow.MlflowClient(tracking_uri=server.uri).get_run(run.run_id)
+    assert not any("s3cret" in v for v in [*r.data.params.values(), *r.data.tags.values()])

@@ -38,5 +38,5 @@ def test_two_processes_match_one(workspace, feature_root):
     runs = client.search_runs([client.get_experiment_by_name("mmaudio").experiment_id])
     assert len(runs) == 2  # one per execution: rank 1 logs nothing
     two_run = next(r for r in runs if r.data.params["train.world_size"] == "2")
-    assert two_run.info.run_id == (two_dir / "mlflow_run_id.txt").read_text().strip()
+    assert two_run.info.run_id == (two_dir / "mlflow_run_id.txt").read_text().splitlines()[0]
     assert two_run.data.params["train.per_rank_batch_size"] == "4"

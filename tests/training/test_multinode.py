@@ -95,4 +95,4 @@ def test_two_nodes_through_c10d_rendezvous_match_one_process(workspace, feature_
     assert len(runs) == 1  # one run for the whole job: only global rank 0 logs
     assert runs[0].data.params["train.world_size"] == "2"
     assert runs[0].data.params["train.per_rank_batch_size"] == "4"
-    assert runs[0].info.run_id == (head / "out" / "mlflow_run_id.txt").read_text().strip()
+    assert runs[0].info.run_id == (head / "out" / "mlflow_run_id.txt").read_text().splitlines()[0]

@@ -83,7 +83,7 @@ def test_outputs_and_exported_weights(long_run, feature_root):
     val_rows = (out / "plots/metrics/val/loss.tsv").read_text().splitlines()  # validation steps only
     assert [row.split("\t")[0] for row in val_rows] == ["step", "50", "100", "150"]
     assert float(val_rows[1].split("\t")[1]) == pytest.approx(r.history[4][2], rel=1e-5)
-    assert (out / "mlflow_run_id.txt").read_text().strip() == r.run_id
+    assert (out / "mlflow_run_id.txt").read_text().splitlines()[0] == r.run_id
 
 
 def test_mlflow_run_holds_config_hashes_tags_and_metrics(long_run, feature_root):
