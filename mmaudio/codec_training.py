@@ -340,7 +340,7 @@ def train_tiny_codec(
     with _torch_threads(cfg.num_threads):
         for mode in cfg.modes:
             vae_file = weights / profiles.VAE_FILES[mode]
-            vocoder_path = weights / (profiles.VOCODER_16K_FILE if mode == "16k" else profiles.VOCODER_44K_DIR)
+            vocoder_path = weights / profiles.VOCODER_FILES[mode]
             vae = load_vae(vae_file, tiny.vae[mode])
             mel = MelConverter(vae.preset.mel)
             rate = mel.preset.sample_rate
@@ -362,7 +362,9 @@ def train_tiny_codec(
             save_vae(vae, vae_file)
 
             vocoder = build_vocoder(tiny.vocoder[mode])  # weight norm kept: the trainable layout
-            voc_file = vocoder_path if mode == "16k" else vocoder_path / HF_WEIGHTS_NAME
+            # the layout tiny.py wrote for this mode: one file (16k's best_netG.pt) or a BigVGAN-v2 folder
+            hf_dir = vocoder_path.is_dir()
+            voc_file = vocoder_path / HF_WEIGHTS_NAME if hf_dir else vocoder_path
             state = load_weight_file(voc_file, subkey=CHECKPOINT_KEY)  # weight_g / weight_v, as tiny.py wrote it
             load_state_dict_strict(vocoder, state, source=voc_file)
             voc_opts = CodecTrainOptions(steps=cfg.vocoder_steps, batch_size=cfg.vocoder_batch_size,
@@ -370,7 +372,7 @@ def train_tiny_codec(
                                          seed=file_seed(seed, f"codec:{vocoder_path.name}"), **common)
             train_codec_part("vocoder", vocoder, mel, audio.train, voc_opts, checkpoint=work / f"{mode}_vocoder.pt",
                              on_log=curve("vocoder"))
-            save_vocoder(vocoder, vocoder_path, layout="file" if mode == "16k" else "hf_dir")
+            save_vocoder(vocoder, vocoder_path, layout="hf_dir" if hf_dir else "file")
 
             # score what the pipeline will load: the files just written, through the official loaders
             vae = load_vae(vae_file, tiny.vae[mode])
