@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from mmaudio.choices import Device, ExtractorPreset, Profile, Schedule, Solver, StorageDtype, choice_values
 from mmaudio.modes import AudioMode
@@ -26,7 +28,36 @@ PARAMS_FILE = "params.yaml"
 
 
 class ConfigError(ValueError):
-    """params.yaml or an override is invalid; the message names the key."""
+    """params.yaml or an override is invalid; the message names the key.
+
+    ``key``, ``value`` and ``allowed`` are set where the raiser knows them; :func:`error_report`
+    renders the three-line message a stage prints instead of a traceback.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None, value: Any = None, allowed: str | None = None):
+        super().__init__(message)
+        self.key, self.value, self.allowed = key, value, allowed
+
+
+# "key 'a.b' must be one of (...), got 'x'": the form every value check below uses
+_CHECK_MESSAGE = re.compile(r"key '(?P<key>[^']+)'(?: \((?P<given>[^)]*)\))? (?P<allowed>(?:must|needs|is not) .*?)(?:, got (?P<value>.*))?$")
+
+
+def error_report(e: ConfigError) -> str:
+    """Three lines: where, the key and its value, what is allowed (or the message when no key is known)."""
+    text = str(e)
+    source, sep, rest = text.partition(": ")
+    if not sep or not source.endswith(PARAMS_FILE):
+        source, rest = PARAMS_FILE, text
+    key, value, allowed = e.key, e.value, e.allowed
+    m = _CHECK_MESSAGE.search(rest)
+    if key is None and m:
+        key, allowed = m["key"], m["allowed"]
+        value = m["value"] if m["value"] is not None else f"({m['given']})" if m["given"] else "(see the message)"
+    if key is None:
+        return f"config error in {source}:\n  {rest}\n  see params.yaml's comments and README \"Params\""
+    shown = value if isinstance(value, str) and value.startswith(("'", "(")) else repr(value)
+    return f"config error in {source}: key '{key}'\n  value:   {shown}\n  allowed: {allowed}"
 
 
 @dataclass
@@ -164,7 +195,7 @@ class TrainConfig:
     checkpoint_every: int = 10_000  # optimizer steps between checkpoints (also one at the end)
     keep_last: int = 2  # checkpoints kept; older ones are deleted after a newer one is written
     val_interval: int = 5000  # optimizer steps between validation losses (also one at the end)
-    eval_interval: int = 0  # optimizer steps between evaluations of the val set (evaluate.* settings, eval/<metric>); 0: off
+    eval_interval: int = 0  # optimizer steps between evaluations of the val set (evaluate.* settings, val/<metric>); 0: off
     log_interval: int = 200  # optimizer steps per logged metrics row (means over the window)
     num_audio_samples: int = 2  # val rows sampled, decoded and logged to MLflow at every validation (0: none)
     seed: int = 14159265
@@ -174,7 +205,7 @@ class TrainConfig:
     prefetch: int = 2  # batches read ahead by a background thread (0: read in the loop)
     weights: str | None = None  # fine-tune from a network weight file (e.g. mmaudio_small_16k.pth)
     empty_string: str | None = None  # empty-string text features; null: the profile's empty_string.pth
-    out_dir: str = "models/train"  # checkpoints/, weights.pth, metrics.json, loss.tsv, mlflow_run_id.txt
+    out_dir: str = "models/train"  # checkpoints/, weights.pth, metrics.json, plots/, mlflow_run_id.txt
 
 
 @dataclass
@@ -257,16 +288,17 @@ def load_params(overrides: Sequence[str] = (), root: str | os.PathLike | None = 
         with initialize_config_dir(config_dir=str(root), version_base=None):
             raw = compose(config_name=Path(PARAMS_FILE).stem, overrides=list(overrides))
     except HydraException as e:
-        raise ConfigError(f"{path}: {_first_line(e)}") from e
+        raise _override_error(e, path, overrides) from e
     except OmegaConfBaseException as e:
-        raise ConfigError(f"{path}: {_describe(e)}") from e
+        raise _omegaconf_error(e, str(path), overrides, None) from e
     except yaml.YAMLError as e:  # also a python/object tag: the safe loader refuses to build it
         raise ConfigError(f"{path}: not valid YAML: {_yaml_reason(e)}") from e
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not valid UTF-8 (byte offset {e.start})") from e
     except RecursionError as e:  # an alias that contains itself (a: &a [*a])
         raise ConfigError(f"{path}: a YAML alias refers to itself") from e
-    return validate(raw, source=str(path))
+    _check_complete(raw, Params, "", str(path))
+    return validate(raw, source=str(path), overrides=overrides)
 
 
 MAX_YAML_NODES = 100_000  # params.yaml has a few hundred; an alias bomb expands to billions
@@ -327,14 +359,14 @@ def _yaml_reason(e: yaml.YAMLError) -> str:
     return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
 
 
-def validate(raw: DictConfig | dict[str, Any], source: str = PARAMS_FILE) -> Params:
+def validate(raw: DictConfig | dict[str, Any], source: str = PARAMS_FILE, overrides: Sequence[str] = ()) -> Params:
     """Merge ``raw`` onto the dataclass schema; unknown keys and wrong types name the key."""
     schema = OmegaConf.structured(Params)
     try:
         merged = OmegaConf.merge(schema, raw)
         params = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
-        raise ConfigError(f"{source}: {_describe(e)}") from e
+        raise _omegaconf_error(e, source, overrides, raw) from e
     _check_values(params, source)
     return params
 
@@ -510,6 +542,106 @@ def _check_tracking(t: TrackingConfig, source: str) -> None:
             "and put them in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN, "
             "or the whole URI in MLFLOW_TRACKING_URI"
         )
+
+
+def _check_complete(raw: Any, schema: type, prefix: str, source: str) -> None:
+    """Every key of the schema must be in params.yaml: a deleted key would otherwise silently take the
+    dataclass default (upstream's full-scale recipe: 300000 steps, compile, small_16k)."""
+    hints = typing.get_type_hints(schema)
+    for name in schema.__dataclass_fields__:
+        key = f"{prefix}{name}"
+        if not isinstance(raw, (dict, DictConfig)) or name not in raw:
+            raise ConfigError(f"{source}: key '{key}' is missing", key=key, value="(missing)",
+                              allowed=f"{_type_name(hints[name])}; every key must be in {PARAMS_FILE} (README \"Params\")")
+        value, kind = raw[name], hints[name]
+        if hasattr(kind, "__dataclass_fields__"):
+            _check_complete(value, kind, f"{key}.", source)
+        elif typing.get_origin(kind) is dict and isinstance(value, (dict, DictConfig)):
+            entry = typing.get_args(kind)[1]
+            if hasattr(entry, "__dataclass_fields__"):
+                for item, sub in value.items():
+                    _check_complete(sub, entry, f"{key}.{item}.", source)
+
+
+def _type_name(kind: Any) -> str:
+    """A schema annotation in words, for error messages."""
+    words = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
+    if kind in words:
+        return words[kind]
+    args = typing.get_args(kind)
+    origin = typing.get_origin(kind)
+    if origin is list:
+        return f"a list of {_type_name(args[0]).split(' ', 1)[-1]}s"
+    if origin is dict:
+        return f"a mapping of name -> {_type_name(args[1])}"
+    if args:  # X | None
+        return " or ".join(_type_name(a) for a in args)
+    if hasattr(kind, "__dataclass_fields__"):
+        return f"a section with keys {', '.join(kind.__dataclass_fields__)}"
+    return getattr(kind, "__name__", str(kind))
+
+
+def _schema_node(key: str) -> tuple[Any, Any]:
+    """(the annotation of dotted ``key`` in :class:`Params`, its parent's annotation); None where unknown."""
+    kind: Any = Params
+    parent: Any = None
+    for part in re.sub(r"\[\d+\]", "", key).split("."):
+        parent = kind
+        if hasattr(kind, "__dataclass_fields__"):
+            kind = typing.get_type_hints(kind).get(part)
+        elif typing.get_origin(kind) is dict:
+            kind = typing.get_args(kind)[1]
+        else:
+            return None, parent
+    return kind, parent
+
+
+def _given_value(key: str, overrides: Sequence[str], raw: Any) -> Any:
+    for o in reversed(list(overrides)):
+        name, sep, value = o.lstrip("+~").partition("=")
+        if sep and name == key:
+            return value
+    if raw is not None:
+        try:
+            return OmegaConf.select(OmegaConf.create(raw) if isinstance(raw, dict) else raw, key, default="(not set)")
+        except OmegaConfBaseException:
+            return "(not set)"
+    return "(see the message)"
+
+
+def _unknown_key_error(key: str, source: str, value: Any) -> ConfigError:
+    _, parent = _schema_node(key)
+    known = ", ".join(parent.__dataclass_fields__) if hasattr(parent, "__dataclass_fields__") else "see params.yaml"
+    return ConfigError(f"{source}: key '{key}' is not a known key", key=key, value=value,
+                       allowed=f"the keys of its section: {known}")
+
+
+def _omegaconf_error(e: OmegaConfBaseException, source: str, overrides: Sequence[str], raw: Any) -> ConfigError:
+    key = getattr(e, "full_key", None) or None
+    if key is None:
+        return ConfigError(f"{source}: {_describe(e)}")
+    if isinstance(e, (ConfigKeyError, ConfigAttributeError)):
+        return _unknown_key_error(key, source, _given_value(key, overrides, None))
+    kind, _ = _schema_node(key)
+    if re.search(r"\[\d+\]$", key) and typing.get_origin(_schema_node(re.sub(r"\[\d+\]$", "", key))[0]) is list:
+        kind = typing.get_args(_schema_node(re.sub(r"\[\d+\]$", "", key))[0])[0]
+    m = re.search(r"Value '(.*?)'", str(e))
+    value = repr(m.group(1)) if m else _given_value(key, overrides, raw)
+    allowed = _type_name(kind) if kind is not None else _first_line(e)
+    return ConfigError(f"{source}: {_describe(e)}", key=key, value=value, allowed=allowed)
+
+
+def _override_error(e: BaseException, path: Path, overrides: Sequence[str]) -> ConfigError:
+    """Hydra says only "Could not override 'x'."; the reason is in the exception it wraps."""
+    cause = e.__cause__ or e.__context__
+    if isinstance(cause, OmegaConfBaseException):
+        err = _omegaconf_error(cause, str(path), overrides, None)
+        if err.key is not None:
+            return err
+    m = re.search(r"override '([^']+)'", str(e))
+    if m and isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
+        return _unknown_key_error(m.group(1), str(path), _given_value(m.group(1), overrides, None))
+    return ConfigError(f"{path}: {_first_line(e)}" + (f" ({_first_line(cause)})" if cause is not None else ""))
 
 
 def _describe(e: OmegaConfBaseException) -> str:

@@ -1,6 +1,6 @@
 """MLflow tracking shared by every stage: one run per stage execution, started on rank 0 only.
 
-A run records the resolved config (flattened params), the DVC-style content hash of every input and
+A run records the params the stage reads (as dvc.yaml declares them, flattened), the DVC-style content hash of every input and
 output (as params ``data.in.<path>`` / ``data.out.<path>`` and as MLflow dataset inputs with context
 ``input`` / ``output``), and tags: git commit, dirty flag, DVC experiment name and stage, weight
 profile. mlflow is imported lazily so that GPU-only code paths run without it installed.
@@ -46,8 +46,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mmaudio.config import Params, find_repo_root, to_flat_dict
-from mmaudio.hashing import dvc_hash, input_hashes, relpath
+from mmaudio.config import Params, find_repo_root
+from mmaudio.hashing import input_hashes, relpath
+from mmaudio.stage_params import stage_flat_params
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,10 @@ SPOOL_DIR = "mlflow_spool"
 MLFLOW_PARENT_RUN_ID = "mlflow.parentRunId"  # MLflow's own tag for a nested (child) run
 INCOMPLETE_TAG = "mmaudio.tracking.incomplete"  # set on a run whose records arrived late (replayed)
 _EXIT_ATTEMPTS = 3  # tries to send the spool when the stage ends, RETRY_S apart (at most 5 s)
+# MLflow 3's UI shows an experiment of this kind as "Machine learning" (runs, charts), not as a GenAI
+# app (traces). The UI's mode switch is per browser (the `workflowType` URL parameter, else the last
+# choice, else GenAI): the README's URL carries workflowType=machine_learning for a first visit.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 _MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 # `scheme://user:password@host` or `scheme://token@host`: a server, database or git URI may carry a
 # secret, which must not reach the MLflow store (anyone who can read runs could read it) or the logs.
@@ -249,6 +254,7 @@ class _Sender:
         self.uri = uri
         self._client = None
         self.run_id = run_id
+        self.experiment_id: str | None = None
         self.files = spool_files
 
     @property
@@ -308,7 +314,11 @@ class _Sender:
         c = self.client
         exp = c.get_experiment_by_name(op["experiment"])
         exp_id = exp.experiment_id if exp is not None else c.create_experiment(
-            op["experiment"], artifact_location=op["artifact_location"])
+            op["experiment"], artifact_location=op["artifact_location"], tags=EXPERIMENT_TAGS)
+        if exp is not None and any(exp.tags.get(k) != v for k, v in EXPERIMENT_TAGS.items()):
+            for k, v in EXPERIMENT_TAGS.items():
+                c.set_experiment_tag(exp_id, k, v)
+        self.experiment_id = exp_id
         if op["resume_run_id"]:
             self.run_id = op["resume_run_id"]
             c.update_run(self.run_id, status="RUNNING")
@@ -321,6 +331,7 @@ class _Sender:
             # the UI nests a run under the one this tag names, within that run's experiment
             exp_id = c.get_run(parent).info.experiment_id
             tags[MLFLOW_PARENT_RUN_ID] = parent
+            self.experiment_id = exp_id
         run = c.create_run(exp_id, start_time=op["time_ms"], run_name=op["run_name"], tags=tags)
         self.run_id = run.info.run_id
 
@@ -430,7 +441,8 @@ class StageRun:
             tags = {f"{self.stage}.{k}": v for k, v in tags.items()}
         self.set_tags(tags)
         if self.resume_run_id is None:
-            flat = {k: _param_value(v) for k, v in to_flat_dict(self.params).items()}
+            # the params dvc.yaml declares for the stage, not the whole config (mmaudio.stage_params)
+            flat = {k: _param_value(v) for k, v in stage_flat_params(self.stage, self.params, self.workspace).items()}
             flat.update({k: _param_value(v) for k, v in self.extra_params.items()})
             self._submit({"op": "params", "data": flat})
         self._log_paths(self.inputs, "in")
@@ -500,8 +512,10 @@ class StageRun:
             finally:
                 if op["op"] == "start":
                     self._started.set()
-                    log.info("MLflow run %s (%s) at %s", self._sender.run_id or "(not started yet: store unreachable)",
-                             op["run_name"], redact_credentials(self._uri))
+                    # the experiment id completes the README's UI link: #/experiments/<id>?workflowType=machine_learning
+                    log.info("MLflow run %s (%s) in experiment %s at %s",
+                             self._sender.run_id or "(not started yet: store unreachable)", op["run_name"],
+                             self._sender.experiment_id, redact_credentials(self._uri))
         pause = min(_retry_interval(), 5.0)
         for attempt in range(_EXIT_ATTEMPTS):
             if not self._pending or self._give_up:

@@ -10,7 +10,7 @@ the training run. Writes <evaluate.out_dir>/: samples/, baseline_samples/, gt/
 
 from __future__ import annotations
 
-from mmaudio.cli import parse_stage_args, setup_logging
+from mmaudio.cli import parse_stage_args, run_stage, setup_logging
 from mmaudio.distributed import cleanup_distributed, init_distributed
 from mmaudio.evaluation.evaluate import evaluate
 from mmaudio.paths import check_stage_paths
@@ -31,4 +31,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 
-from mmaudio.cli import parse_stage_args, setup_logging
+from mmaudio.cli import parse_stage_args, run_stage, setup_logging
 from mmaudio.distributed import cleanup_distributed, init_distributed
 from mmaudio.extraction.jobs import check_extract_paths, encoder_factory, encoder_weight_paths, log_rejects, result_metrics, run_job, audio_job
 from mmaudio.tracking import StageRun
@@ -45,4 +45,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from mmaudio.cli import parse_stage_args, setup_logging
+from mmaudio.cli import parse_stage_args, run_stage, setup_logging
 from mmaudio.examples import example_products, generate_examples
 from mmaudio.paths import check_stage_paths
 from mmaudio.sync_examples import SyncSetSpec
@@ -30,4 +30,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

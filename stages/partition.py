@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from mmaudio.cli import parse_stage_args, setup_logging
+from mmaudio.cli import parse_stage_args, run_stage, setup_logging
 from mmaudio.config import ConfigError
 from mmaudio.paths import check_stage_paths
 from mmaudio.partition import CLIP_COLUMNS, partition_folder
@@ -44,4 +44,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from mmaudio.cli import parse_stage_args, setup_logging
+from mmaudio.cli import parse_stage_args, run_stage, setup_logging
 from mmaudio.codec_training import train_tiny_codec
 from mmaudio.config import find_repo_root
 from mmaudio.encoders.profiles import get_profile
@@ -49,4 +49,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -6,12 +6,12 @@
 Reads the feature sets named in train.datasets and train.val_dataset (<extract.out_dir>/<name>).
 Writes <train.out_dir>/: checkpoints/ (kept between runs: a rerun with the same params, data and
 code resumes from the latest checkpoint), weights.pth (EMA weights, official mmaudio_*.pth format),
-metrics.json, loss.tsv, mlflow_run_id.txt.
+metrics.json, plots/ (loss series, spectrograms), mlflow_run_id.txt.
 """
 
 from __future__ import annotations
 
-from mmaudio.cli import parse_stage_args, setup_logging
+from mmaudio.cli import parse_stage_args, run_stage, setup_logging
 from mmaudio.distributed import cleanup_distributed, init_distributed
 from mmaudio.paths import check_stage_paths
 from mmaudio.train_stage import train
@@ -33,4 +33,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

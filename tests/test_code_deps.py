@@ -4,7 +4,8 @@ For every stage, the stage script and every mmaudio module it imports (transitiv
 ``mmaudio.code_deps.code_closure``, the walk the training run key and the shard fingerprints also
 hash) must be covered by a ``deps:`` entry: the file itself or a folder above it (``mmaudio/model``).
 A declared mmaudio dep that covers none of those files is reported too: it reruns the stage for
-code the stage never runs.
+code the stage never runs. A module the command runs with ``python -m`` (``mmaudio.check_params``
+before ``torchrun``) counts as part of the stage, with its closure.
 """
 
 from __future__ import annotations
@@ -32,10 +33,15 @@ def stage_script(stage: dict) -> Path:
     return REPO / found[0]
 
 
+def cmd_modules(stage: dict) -> list[str]:
+    """Modules of this package that the stage's command runs with ``python -m``."""
+    return re.findall(r"python -m (mmaudio(?:\.\w+)+)", stage["cmd"])
+
+
 def code_deps_problems(stage: dict, repo: Path = REPO) -> tuple[list[str], list[str]]:
     """(files the stage runs that no dep covers, declared code deps that cover none of them)."""
     script = stage_script(stage)
-    needed = [script, *code_closure(script)]
+    needed = [script, *code_closure(script, *cmd_modules(stage))]
     needed_rel = [p.relative_to(repo).as_posix() for p in needed]
     declared = [d for d in stage.get("deps", []) if isinstance(d, str) and "${" not in d]
     code_declared = [d.rstrip("/") for d in declared if d.startswith(("mmaudio", "stages/"))]
@@ -65,6 +71,16 @@ def test_a_removed_dep_is_reported():
     assert "mmaudio/model/network.py" in missing and "mmaudio/model/layers.py" in missing
     stage["deps"] = [*stage["deps"], "mmaudio/examples.py"]
     assert code_deps_problems(stage)[1] == ["mmaudio/examples.py"]
+
+
+def test_a_module_the_command_runs_is_a_dep():
+    stage = dict(STAGES["train"])
+    assert cmd_modules(stage) == ["mmaudio.check_params"]
+    stage["deps"] = [d for d in stage["deps"] if d != "mmaudio/check_params.py"]
+    assert code_deps_problems(stage)[0] == ["mmaudio/check_params.py"]
+    stage["cmd"] = stage["cmd"].replace("python -m mmaudio.check_params && ", "")
+    stage["deps"] = [*stage["deps"], "mmaudio/check_params.py"]
+    assert code_deps_problems(stage)[1] == ["mmaudio/check_params.py"]
 
 
 def test_closure_follows_imports_inside_functions_and_packages():
@@ -104,9 +120,13 @@ def test_digests_skip_bookkeeping_and_change_with_the_code(tmp_path, monkeypatch
 
 
 def test_only_stages_import_the_cli_helpers():
+    # entry points too: the modules a stage's command runs with `python -m` (mmaudio.check_params)
+    entry_points = {f"{m.replace('.', '/')}.py" for st in STAGES.values() for m in cmd_modules(st)}
+    assert entry_points == {"mmaudio/check_params.py"}
     importers = [p.relative_to(REPO).as_posix() for p in sorted(PACKAGE_DIR.rglob("*.py"))
                  if "mmaudio.cli" in imported_modules(p)]
-    assert importers == [], f"library modules import mmaudio.cli (only stages/ may): {importers}"
+    library = [p for p in importers if p not in entry_points]
+    assert library == [], f"library modules import mmaudio.cli (only stages/ and entry points may): {library}"
     assert all("mmaudio.cli" in imported_modules(p) for p in sorted((REPO / "stages").glob("*.py")))
 
 

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from mmaudio.config import ConfigError, Params, load_params, to_flat_dict
+import subprocess
+import sys
+
+from mmaudio.config import ConfigError, Params, error_report, load_params, to_flat_dict
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,6 +79,57 @@ def test_flatten_for_mlflow():
     assert flat["partition.max_segments"] == 5
     assert flat["audio_datasets.examples_audio.media_dir"] == "data/examples/audio"
     assert flat["tracking.uri"] is None
+
+
+def _report(overrides, root) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_params(overrides, root=root)
+    return error_report(info.value).splitlines()
+
+
+def test_error_report_is_three_lines_naming_key_value_and_what_is_allowed(params_dir):
+    where = f"config error in {params_dir / 'params.yaml'}: "
+    assert _report(["train.learning_rate=abc"], params_dir) == [
+        where + "key 'train.learning_rate'", "  value:   'abc'", "  allowed: a number"]
+    assert _report(["train.schedule=linear"], params_dir) == [
+        where + "key 'train.schedule'", "  value:   'linear'", "  allowed: must be one of ('step', 'constant', 'cosine')"]
+    # a typo'd key keeps its reason: the keys that exist there
+    assert _report(["partition.max_segmentz=3"], params_dir) == [
+        where + "key 'partition.max_segmentz'", "  value:   '3'",
+        "  allowed: the keys of its section: min_duration_sec, segment_sec, max_segments"]
+    assert _report(["video_datasets.examples_train.normalize_audio=perhaps"], params_dir)[1:] == [
+        "  value:   'perhaps'", "  allowed: true or false"]
+    assert _report(["train.milestones=5"], params_dir)[1:] == ["  value:   '5'", "  allowed: a list of integers"]
+
+
+@pytest.mark.parametrize("key", ["train.num_iterations", "train.ema.snapshot_every", "profile",
+                                 "video_datasets.examples_val.normalize_audio"])
+def test_a_key_missing_from_params_yaml_is_an_error_not_a_default(params_dir, key):
+    """A deleted key would silently become the dataclass default (upstream's 300000 steps, ...)."""
+    with pytest.raises(ConfigError, match=rf"key '{key}' is missing") as info:
+        load_params([f"~{key}"], root=params_dir)
+    assert error_report(info.value).splitlines()[1] == "  value:   (missing)"
+
+
+def test_stage_script_prints_the_short_error_and_exits_2(params_dir):
+    """A stage script (and `python -m mmaudio.check_params`, which the torchrun stages run first):
+    no traceback, the three lines, exit status 2."""
+    for cmd in ([sys.executable, str(REPO / "stages/make_examples.py"), "train.learning_rate=abc"],
+                [sys.executable, "-m", "mmaudio.check_params", "train.learning_rate=abc"]):
+        out = subprocess.run(cmd, cwd=params_dir, capture_output=True, text=True)
+        assert out.returncode == 2, out.stderr
+        lines = [line for line in out.stderr.splitlines() if "Warning" not in line and line.strip()]
+        assert lines == [f"config error in {params_dir / 'params.yaml'}: key 'train.learning_rate'",
+                         "  value:   'abc'", "  allowed: a number"], out.stderr
+    ok = subprocess.run([sys.executable, "-m", "mmaudio.check_params"], cwd=params_dir, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_stage_help_keeps_its_own_examples():
+    out = subprocess.run([sys.executable, str(REPO / "stages/train.py"), "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    assert "\n    torchrun --standalone --nproc_per_node=1 stages/train.py [train.learning_rate=2e-4 ...]\n" in out
+    assert "partition.max_segments" not in out
 
 
 @pytest.mark.parametrize("override, message", [

@@ -146,14 +146,17 @@ def project(tmp_path_factory, examples_dir) -> Path:
         return {"media_dir": str(media), "list_tsv": str(data / f"{name}.tsv"), "index_tsv": str(data / f"{name}_index.tsv"),
                 "rejects_tsv": str(data / f"{name}_rejects.tsv"), "split": "train", "normalize_audio": normalize}
 
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
     params = {
+        **base,  # every section: a missing key is an error
         "profile": "tiny",
         "audio_datasets": {"audio": audio_ds("clips.tsv", "clips_rejects.tsv"), "many": audio_ds("many.tsv", "none.tsv")},
         "video_datasets": {name: video_ds(ex / "video", name, True) for name in listed} | {"bad": video_ds(bad, "bad", True)},
         # every key, so that tests can override any of them
         "extract": {**dataclasses.asdict(ExtractConfig()), "device": "cpu", "num_workers": 0, "batch_size": 2, "shard_size": 4, "out_dir": "features"},
-        "train": {"network": "tiny_16k"},  # a preset of extract.mode (config checks them against each other)
-        "tracking": {"uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "test"},
+        # a preset of extract.mode (config checks them against each other)
+        "train": {**base["train"], "network": "tiny_16k"},
+        "tracking": {"uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "test", "enabled": True},
     }
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return root

@@ -64,8 +64,9 @@ def _intact(root: Path) -> None:
 def test_make_examples_refuses_the_current_folder_and_deletes_nothing(tmp_path, value):
     root = _project(tmp_path)
     res = _stage(root, "make_examples.py", f"examples.out_dir={value}")
-    assert res.returncode == 1, res.stderr[-2000:]
-    assert f"OutputPathError: key 'examples.out_dir' is {value!r}: an output must be a folder or file of its own" in res.stderr
+    assert res.returncode == 2, res.stderr[-2000:]  # a config error: the short report, no traceback
+    assert f"key 'examples.out_dir' is {value!r}: an output must be a folder or file of its own" in res.stderr
+    assert "Traceback" not in res.stderr
     _intact(root)
     assert not (root / "video").exists()
 
@@ -122,8 +123,9 @@ def test_generate_examples_refuses_a_folder_it_did_not_write(tmp_path, monkeypat
 def test_tiny_weights_stage_refuses_the_official_weights_folder(tmp_path):
     root = _project(tmp_path)
     res = _stage(root, "tiny_weights.py", "tiny_weights.out_dir=ext_weights")
-    assert res.returncode == 1, res.stderr[-2000:]
-    assert "OutputPathError: key 'tiny_weights.out_dir' = 'ext_weights' is the official weights folder" in res.stderr
+    assert res.returncode == 2, res.stderr[-2000:]  # a config error: the short report, no traceback
+    assert "key 'tiny_weights.out_dir' = 'ext_weights' is the official weights folder" in res.stderr
+    assert "Traceback" not in res.stderr
     _intact(root)
     assert sorted(p.name for p in (root / "ext_weights").iterdir()) == ["v1-16.pth"]
 

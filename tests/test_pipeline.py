@@ -56,6 +56,8 @@ def test_repro_is_tracked_idempotent_and_exp_run_reruns_only_dependents(repo_cop
 
     latest, earlier = _runs(repo_copy, "partition@examples_audio")
     assert latest.data.params["partition.max_segments"] == "3" and earlier.data.params["partition.max_segments"] == "5"
+    assert "train.learning_rate" not in latest.data.params  # the params the stage reads, not the whole config
+
     assert latest.data.tags["dvc.exp_name"] == "three-segments" and earlier.data.tags["dvc.exp_name"] == ""
     assert latest.data.metrics["clips"] == 8.0 and latest.data.metrics["rejects"] == 1.0
     # the hashes MLflow holds are the ones DVC recorded
@@ -72,6 +74,17 @@ def test_repro_is_tracked_idempotent_and_exp_run_reruns_only_dependents(repo_cop
     assert yaml.safe_load((repo_copy / "params.yaml").read_text())["tracking"]["experiment"] == "other"
     assert "Data and pipelines are up to date" in run(["dvc", "status", *DATA_STAGES], repo_copy).stdout
 
+    # last, as a failed stage removes its outputs: a wrong type through `dvc exp run -S` prints the
+    # stage's three lines and DVC's one, no traceback
+    bad = run(["dvc", "exp", "run", "-S", "partition.max_segments=abc", *DATA_STAGES], repo_copy, check=False)
+    assert bad.returncode != 0
+    lines = [line for line in (bad.stdout + bad.stderr).splitlines() if line.strip()]
+    assert "  value:   'abc'" in lines and "  allowed: an integer" in lines, lines
+    assert any(line.endswith("key 'partition.max_segments'") for line in lines)
+    # after "Running stage" and its command: the three lines and DVC's one (skipped stages are listed before)
+    failed = lines[next(i for i, line in enumerate(lines) if line.startswith("Running stage 'partition")):]
+    assert len(failed) <= 6 and not any("Traceback" in line for line in lines), failed
+
 
 @pytest.mark.slow
 def test_whole_chain_on_the_tiny_profile(repo_copy):
@@ -79,7 +92,7 @@ def test_whole_chain_on_the_tiny_profile(repo_copy):
     run(["dvc", "repro"], repo_copy)
     assert "up to date" in run(["dvc", "repro"], repo_copy).stdout
     metrics = json.loads((repo_copy / "models/train/metrics.json").read_text())
-    assert metrics["step"] > 0 and metrics["loss"] < 6.0
+    assert metrics["step"] > 0 and metrics["train"]["loss"] < 6.0
 
     _commit(repo_copy, "pipeline ran")
     exp = run(["dvc", "exp", "run", "-S", "train.learning_rate=2e-3", "-n", "faster"], repo_copy)
@@ -88,4 +101,4 @@ def test_whole_chain_on_the_tiny_profile(repo_copy):
     assert float(latest.data.params["train.learning_rate"]) == 2e-3
     assert float(earlier.data.params["train.learning_rate"]) == 1e-3
     assert latest.data.tags["dvc.exp_name"] == "faster"
-    assert "loss" in latest.data.metrics
+    assert "train/loss" in latest.data.metrics and "val/loss" in latest.data.metrics

@@ -402,7 +402,7 @@ def _check_contract(config: BigVGANConfig, expected: BigVGANConfig, *, preset: s
 def _missing_44k_message(preset_name: str, repo_id: str | None, looked_at: str) -> str:
     where = (
         f"Download the Hugging Face repo '{repo_id}' (files {HF_CONFIG_NAME} and {HF_WEIGHTS_NAME}) into the "
-        f"Hugging Face cache (`huggingface-cli download {repo_id}`) or into a directory of your own and pass "
+        f"Hugging Face cache (`hf download {repo_id}`) or into a directory of your own and pass "
         f"that directory."
         if repo_id
         else "Write it with save_vocoder(build_vocoder(...), <directory>)."

@@ -77,8 +77,9 @@ class WeightProfile:
             return self.written_by
         repo = self.hub_repo(relpath)
         if repo is not None:
-            return (f"Hugging Face repo '{repo}': `huggingface-cli download {repo}` (read from the local cache) "
-                    f"or `huggingface-cli download {repo} --local-dir {self.root}/{relpath}`")
+            # `hf` is the CLI of the pinned huggingface_hub (it no longer installs `huggingface-cli`)
+            return (f"Hugging Face repo '{repo}': `hf download {repo}` (read from the local cache) "
+                    f"or `hf download {repo} --local-dir {self.root}/{relpath}`")
         source = WEIGHT_FILES.get(relpath)
         if source is not None and source.url is not None:
             return f"download {source.url} into {self.root}/"

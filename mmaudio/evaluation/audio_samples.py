@@ -1,7 +1,8 @@
 """Audio samples during training: a few validation rows sampled with the current network by the
 evaluation's sampler and settings (``evaluate.solver``, ``num_steps``, ``cfg_strength``, ``seed``;
 :func:`mmaudio.evaluation.sampling.sample_latents`), decoded by the weight profile's VAE and vocoder,
-logged to MLflow as wav files and mel-spectrogram images next to the decoded ground truth.
+logged to MLflow as wav files and mel-spectrogram images next to the decoded ground truth; the latest
+spectrograms also go to ``<train.out_dir>/plots/images/`` (DVC image plots).
 
 The train stage composes an :class:`AudioSamples` callback (rank 0) and hands it to the trainer,
 which calls it every ``train.val_interval`` steps and at the end.
@@ -14,6 +15,7 @@ goes on: samples are a diagnostic, not an output of the stage.
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import wave
 from pathlib import Path
@@ -28,6 +30,7 @@ from mmaudio.features import FeatureSet
 from mmaudio.model.network import MMAudioNetwork
 from mmaudio.tracking import StageRun
 from mmaudio.training.loader import TrainSource, read_rows
+from mmaudio.training.run_files import IMAGES_DIR
 from mmaudio.weights import MissingWeightsError
 
 log = logging.getLogger(__name__)
@@ -110,4 +113,10 @@ class AudioSamples:
                     write_spectrogram(Path(tmp) / f"{name}.png", mel[i], f"{name} @ step {step}")
             for f in sorted(Path(tmp).iterdir()):
                 run.log_artifact(f, artifact_path=f"samples/step_{step:07d}")
+            # the latest spectrograms, under stable names, are DVC image plots (`dvc plots diff` puts
+            # two experiments' side by side); rank 0 only, like every write of the stage
+            images = Path(self.params.train.out_dir) / IMAGES_DIR
+            images.mkdir(parents=True, exist_ok=True)
+            for f in sorted(Path(tmp).glob("*.png")):
+                shutil.copyfile(f, images / f.name)
         log.info("logged %d audio samples at step %d", self.num, step)

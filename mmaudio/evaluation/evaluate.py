@@ -13,17 +13,19 @@ Output folder (``evaluate.out_dir``)::
                                 (evaluate.shuffled_control; mmaudio.evaluation.sync)
     spectrograms/{prefix}{id}.png  log-mel of the logged samples, known events (red) and detected onsets (white)
     gt/{id}.flac                the ground truth, cut as extraction cut it (first 8 s, mono, not normalised)
-    scores.json                 DVC metrics: every score; the controls' as baseline_<key> / shuffled_<key>
+    scores.json                 DVC metrics: the headline scores (test.<key>, baseline.<key>, shuffled.<key>); all in MLflow
 
 Official av-benchmark metrics (fd_panns, fd_passt, fd_vgg, kl_panns, kl_passt, isc_panns = IS,
 isc_passt, ib_score, desync; :mod:`mmaudio.evaluation.official`) are computed by the extractors whose
 files are found in ``evaluate.extractor_dir`` (``evaluate.extractor_preset`` says which architecture
 they hold); each metric whose file is absent is skipped with its reason logged and tagged on the MLflow
 run (``eval.skipped.<metric>``). The ``proxy_*`` metrics need no downloads and are always computed.
-The baseline is scored by the same metrics (``baseline_<key>``).
+The baseline is scored by the same metrics (``baseline_<key>``) and cached per configuration
+(:mod:`mmaudio.evaluation.baseline_cache`). MLflow names: ``test/<key>`` for the trained network,
+``baseline/<key>`` for the untrained one, ``shuffled/<key>`` for the shuffled-video control, in both runs.
 
 :class:`TrainingEvaluation` runs the same scoring on the validation set during training
-(``train.eval_interval``), logging ``eval/<key>`` metrics at the training step.
+(``train.eval_interval``), logging ``val/<key>`` metrics at the training step.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ from mmaudio.evaluation.proxies import (
     proxy_onset_sync,
     read_event_times,
 )
-from mmaudio.evaluation.official import OfficialExtractors, flac_roundtrip, stack_video_features
+from mmaudio.evaluation.baseline_cache import BaselineCache, baseline_key
+from mmaudio.evaluation.official import OFFICIAL_METRICS, OfficialExtractors, flac_roundtrip, stack_video_features
 from mmaudio.evaluation.sampling import (
     sampling_options,
     decode_waveforms,
@@ -66,7 +69,7 @@ from mmaudio.model.network import MMAudioNetwork
 from mmaudio.media import FrameSpec, load_video_clip
 from mmaudio.hashing import dvc_hash
 from mmaudio.locks import exclusive_folder
-from mmaudio.tracking import RUN_ID_FILE, StageRun, relpath, run_id_for_weights
+from mmaudio.tracking import RUN_ID_FILE, StageRun, relpath, run_id_for_weights, tracking_root
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +78,8 @@ CLIP_SECONDS = 8.0
 SCORES_JSON = "scores.json"
 CREPE_MODEL = "tiny"
 SHUFFLED_PREFIX = "shuffled_"
-CONTROL_PREFIXES = ("baseline_", SHUFFLED_PREFIX)  # logged to MLflow as baseline.<key> / shuffled.<key>
+CONTROL_PREFIXES = ("baseline_", SHUFFLED_PREFIX)  # logged to MLflow as baseline/<key> / shuffled/<key>
+_NETWORK_NAMES = {"": "trained network", "baseline_": "untrained network", SHUFFLED_PREFIX: "trained network on shuffled video"}
 ONSET_TOLERANCE_SEC = 0.1  # proxy_onset_*: an onset within +-100 ms of a reference counts as matched
 CREPE_HOP_SEC = 0.05  # 20 embeddings per second: 160 per 8 s clip, ample for a 32-dim covariance; keeps CPU cost low
 
@@ -267,18 +271,52 @@ def evaluate(
                 train_run.set_tags({"eval.run_id": run.run_id})  # the latest evaluation's own run
         net = load_trained_network(params.train.network, weights, ctx.device)
         runs = {"": (net, features)}
+        cache = None
         if cfg.baseline:
-            runs["baseline_"] = (untrained_network(params.train.network, params.train.seed, net, ctx.device), features)
+            cache = _baseline_cache(params, net, features, root, ctx)
+            if cache.hit is None:
+                runs["baseline_"] = (untrained_network(params.train.network, params.train.seed, net, ctx.device), features)
         if cfg.shuffled_control:  # the trained network with another clip's video (mmaudio.evaluation.sync)
             runs[SHUFFLED_PREFIX] = (net, ShuffledVideo(features))
-        latents = {prefix: sample_feature_set(n, f, options, ctx) for prefix, (n, f) in runs.items()}
+        latents = {}
+        for prefix, (n, f) in runs.items():
+            log.info("sampling %d rows of %s with the %s (%s, %d steps)", len(features), cfg.dataset,
+                     _NETWORK_NAMES[prefix], cfg.solver, cfg.num_steps)
+            latents[prefix] = sample_feature_set(n, f, options, ctx)
         if not ctx.is_main:
             barrier()
             return {}
         scores = _score_and_write(params, features, latents, out_dir, [r for r in (run, train_run) if r], root,
-                                  ctx.device)
+                                  ctx.device, cache)
         barrier()
     return scores
+
+
+class _CacheState:
+    def __init__(self, cache: BaselineCache | None, hit: dict[str, float] | None):
+        self.cache, self.hit = cache, hit
+
+
+def _baseline_cache(params: Params, net: MMAudioNetwork, features: FeatureSet, root: Path,
+                    ctx: DistContext) -> _CacheState:
+    """Rank 0 looks the baseline up (mmaudio.evaluation.baseline_cache); every rank learns whether
+    it must sample it."""
+    from mmaudio.encoders.profiles import get_profile
+
+    state = _CacheState(None, None)
+    if ctx.is_main:
+        key = baseline_key(params, net, features.path, extractor_dir(params, root),
+                           root / get_profile(params.profile).root, ctx.device)
+        state = _CacheState(BaselineCache(tracking_root(), key), None)
+        state.hit = state.cache.load(list(features.ids))
+        if state.hit is not None:
+            log.info("baseline: reusing the untrained network's samples and scores from %s", state.cache.dir)
+    if ctx.world_size > 1 and torch.distributed.is_initialized():
+        box = [state.hit is not None]
+        torch.distributed.broadcast_object_list(box, src=0)
+        if not ctx.is_main and box[0]:
+            state.hit = {}  # rank 0 holds the scores; the others only skip the sampling
+    return state
 
 
 def _score_and_write(
@@ -289,9 +327,11 @@ def _score_and_write(
     runs: Sequence[StageRun],
     root: Path,
     device: torch.device | str = "cpu",
+    cache: _CacheState | None = None,
 ) -> dict[str, float]:
     """Decode, score, write the flac files and scores.json; ``runs[0]`` (the evaluation's own run) gets
-    the sample artifacts, every run the scores and tags."""
+    the sample artifacts, every run the scores and tags. A ``cache`` hit supplies the baseline's samples
+    and scores; a miss stores the baseline just scored."""
     cfg = params.evaluate
     run = _Fanout(runs)
     scorer = SetScorer(params, features, root=root, device=device)
@@ -304,12 +344,15 @@ def _score_and_write(
     skipped: dict[str, str] = {}
     notes: dict[str, str] = {}
     for prefix, lat in latents.items():
+        log.info("decoding and scoring the %s's %d samples", _NETWORK_NAMES[prefix], len(ids))
         waves = scorer.decode(lat)
         folder = out_dir / f"{prefix}samples"
         for i in ids:
             write_flac(folder / f"{i}.flac", waves[i], rate)
         s, k, n = scorer.score(waves)
         scores |= {f"{prefix}{key}": v for key, v in s.items()}
+        if prefix == "baseline_" and cache is not None and cache.cache is not None:
+            cache.cache.store(s, folder, ids)
         if not prefix:
             skipped |= k
         notes |= {f"{prefix}{key}": v for key, v in n.items()}
@@ -320,17 +363,28 @@ def _score_and_write(
                                         detect_onsets(waves[i], rate))
             runs[0].log_artifact(png, artifact_path=f"evaluate/{prefix}spectrograms")
 
+    if cache is not None and cache.hit is not None:
+        cache.cache.copy_samples(ids, out_dir / "baseline_samples")
+        scores |= {f"baseline_{key}": v for key, v in cache.hit.items()}
+        for i in _logged_ids(ids, scorer.events, cfg.num_logged_samples):
+            runs[0].log_artifact(out_dir / "baseline_samples" / f"{i}.flac", artifact_path="evaluate/baseline_samples")
     skipped |= scorer.skipped_official
-    for metric, reason in sorted(skipped.items()):
-        log.info("skipped %s: %s", metric, reason)
+    for reason, metrics in _by_reason(skipped).items():  # one line per missing file, not per metric
+        files = {OFFICIAL_METRICS.get(m) for m in metrics}
+        if None in files:
+            log.info("skipped %s: %s", ", ".join(metrics), reason.splitlines()[0])
+        else:  # the full reason (where it was looked for, where to get it) is the eval.skipped.<metric> tag
+            log.info("skipped %s: %s not found in %s (where to get it: README \"Evaluation\", or the run's tag "
+                     "eval.skipped.%s)", ", ".join(metrics), ", ".join(sorted(files)), cfg.extractor_dir, metrics[0])
     for metric, note in sorted(notes.items()):
         log.warning("%s: %s", metric, note)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    doc = {k: _json_value(v) for k, v in sorted(scores.items())}
+    doc = headline_scores(scores)
     (out_dir / SCORES_JSON).write_text(json.dumps(doc, indent=2) + "\n")
     finite = {k: v for k, v in scores.items() if math.isfinite(v)}
-    # baseline keys go to MLflow as baseline.<key>, the trained ones under their own names
+    # every score goes to MLflow, grouped: test/<key> for the trained network, baseline/<key> for the
+    # untrained one, shuffled/<key> for the shuffled-video control
     run.log_metrics({_mlflow_key(k): v for k, v in finite.items()})
     run.set_tags({f"eval.skipped.{m}": r for m, r in skipped.items()})
     run.set_tags({f"eval.note.{m}": r for m, r in notes.items()})
@@ -338,15 +392,42 @@ def _score_and_write(
                   "eval.seed": cfg.seed, "eval.rows": len(ids), "eval.extractor_preset": cfg.extractor_preset,
                   "eval.onset_tolerance_sec": ONSET_TOLERANCE_SEC})
     run.set_tags({f"eval.out.{relpath(out_dir / SCORES_JSON, root)}": dvc_hash(out_dir / SCORES_JSON)})
-    log.info("scores: %s", json.dumps(doc))
+    log.info("evaluate: %d rows of %s; %s (all %d scores in MLflow run %s)", len(ids), cfg.dataset,
+             ", ".join(f"{k} {v:.4g}" for k, v in _flat(doc).items() if v is not None), len(finite), runs[0].run_id)
     return scores
+
+
+# The few scores scores.json keeps (those present), so that `dvc exp show` stays narrow; every score
+# goes to MLflow. FD and sync proxies always; the official FD_PaSST, IB-score and DeSync with their files.
+HEADLINE_SCORES = ("proxy_fd_logmel", "proxy_onset_gt_f1", "fd_passt", "ib_score", "desync")
+
+
+def headline_scores(scores: Mapping[str, float]) -> dict[str, dict[str, float | None]]:
+    """``{"test": {...}, "baseline": {...}, "shuffled": {...}}``: the :data:`HEADLINE_SCORES` present in ``scores``."""
+    doc: dict[str, dict[str, float | None]] = {}
+    for group, prefix in (("test", ""), *((c[:-1], c) for c in CONTROL_PREFIXES)):
+        picked = {k: _json_value(scores[prefix + k]) for k in HEADLINE_SCORES if prefix + k in scores}
+        if picked:
+            doc[group] = picked
+    return doc
+
+
+def _flat(doc: Mapping[str, Mapping[str, float | None]]) -> dict[str, float | None]:
+    return {f"{group}/{k}": v for group, values in doc.items() for k, v in values.items()}
+
+
+def _by_reason(skipped: Mapping[str, str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for metric, reason in sorted(skipped.items()):
+        out.setdefault(reason, []).append(metric)
+    return out
 
 
 def _mlflow_key(key: str) -> str:
     for prefix in CONTROL_PREFIXES:
         if key.startswith(prefix):
-            return f"{prefix[:-1]}.{key[len(prefix):]}"
-    return key
+            return f"{prefix[:-1]}/{key[len(prefix):]}"
+    return f"test/{key}"
 
 
 def _logged_ids(ids: list[str], events: Mapping[str, np.ndarray] | None, n: int) -> list[str]:
@@ -373,7 +454,7 @@ class _Fanout:
 # -- during training ---------------------------------------------------------------------------------
 
 
-TRAIN_METRIC_PREFIX = "eval/"
+TRAIN_METRIC_PREFIX = "val/"  # the validation set's scores, next to val/loss
 
 
 class TrainingEvaluation:
@@ -382,7 +463,7 @@ class TrainingEvaluation:
     Samples ``dataset`` (default ``train.val_dataset``, a video feature set) with the network given at
     each call, using ``evaluate.*`` sampling settings (solver, steps, CFG, seed, batch size) and the
     same metrics (proxies; official ones whose extractor files are present), and logs every finite
-    score as ``eval/<key>`` at the training step. The reference side (ground truth, extractors, their
+    score as ``val/<key>`` at the training step. The reference side (ground truth, extractors, their
     features) is built at the first call and reused; building it leaves the global RNG states as they
     were, so the training stream does not depend on ``train.eval_interval``.
 

@@ -9,6 +9,7 @@ gathers them. Latents are decoded to waveforms by the weight profile's VAE decod
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from mmaudio.model.network import MMAudioNetwork, build_network, load_network_we
 # keys that the trainer fills from data, not from the seeded init: an untrained baseline takes them
 # from the trained file so that it differs from the trained network only in what training learned
 DATA_BUFFER_KEYS = ("latent_mean", "latent_std", "empty_string_feat")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,7 @@ def sample_feature_set(
             sync_f = net.get_empty_sync_sequence(len(part)).cpu()
         lat = sample_latents(net, clip_f, sync_f, data["text_features"], part, options, video_exist=exist)
         out.update({features.ids[r]: lat[i] for i, r in enumerate(part)})
+        log.info("sampled %d/%d rows", len(out), len(mine))  # progress: a batch takes seconds to minutes
     net.train(was_training)
     if world > 1 and dist.is_available() and dist.is_initialized():
         gathered: list[dict[str, torch.Tensor]] | None = [None] * world if rank == 0 else None  # type: ignore[list-item]

@@ -28,9 +28,9 @@ Files under ``train.out_dir``:
     checkpoints/<run_key>/ckpt-<step>.pt   the last ``keep_last`` checkpoints (a persistent DVC out)
     checkpoints/<run_key>/ema/ema-<step>.pt  EMA snapshots, every ``ema.snapshot_every`` steps and at the end
     weights.pth          EMA synthesised at ``ema.output_sigma_rel``, in the official mmaudio_*.pth format
-    metrics.json         final loss, val loss, steps (DVC metrics)
-    loss.tsv             step, loss, val_loss (DVC plot)
-    mlflow_run_id.txt    the MLflow run and the SHA-256 of the weights.pth it made, for the evaluation stage
+    metrics.json, plots/, mlflow_run_id.txt   headline metrics, plot series and images for DVC; the
+                         MLflow run and the SHA-256 of the weights.pth it made, for the evaluation stage
+                         (mmaudio.training.run_files)
 
 ``run_key`` hashes everything that decides the numbers: the train config except bookkeeping keys
 (``RESUME_NEUTRAL_KEYS``), the content hashes of the inputs (:func:`mmaudio.hashing.input_hashes`, the
@@ -68,11 +68,11 @@ from mmaudio.locks import exclusive_folder
 from mmaudio.modes import mode_spec
 from mmaudio.model.flow_matching import flow_matching_loss, interpolate, sample_logit_normal_t, sample_noise_like
 from mmaudio.model.network import MMAudioNetwork, NetworkPreset, build_network, get_network_preset, load_network_weights
-from mmaudio.tables import write_tsv
-from mmaudio.tracking import RUN_ID_FILE, StageRun, redact_credentials, relpath, write_run_id_file
+from mmaudio.tracking import StageRun, redact_credentials, relpath
 from mmaudio.training.checkpoint import list_checkpoints, load_latest_checkpoint, load_plain_file, save_checkpoint
 from mmaudio.training.ema import PowerEMA, list_snapshots, remove_snapshots_after, synthesize_ema
 from mmaudio.training.loader import Batch, TrainLoader, TrainSource, latent_stats, rank_slice, val_batches
+from mmaudio.training.run_files import write_run_files
 from mmaudio.training.schedule import build_scheduler
 from mmaudio.training.state import REQUIRED_CHECKPOINT_KEYS, TrainState, fresh_window
 from mmaudio.weights import save_weight_file
@@ -530,7 +530,7 @@ def fit(
                 last_loss = _log_window(state, lr, cfg, ctx, run)
             if val is not None and (step % cfg.val_interval == 0 or final):
                 val_loss = validation_loss(objective, val, cfg, ctx, mode, amp)
-                run.log_metrics({"val_loss": val_loss}, step=step)
+                run.log_metrics({"val/loss": val_loss}, step=step)
                 if state.history and state.history[-1][0] == step:
                     state.history[-1][2] = val_loss
                 else:
@@ -560,7 +560,7 @@ def fit(
             weights_path = export_ema_weights(net, ema_dir, cfg, out_dir / "weights.pth", run)
             write_run_files(out_dir, history, last_loss, val_loss, state.step, run.run_id, weights_path)
             run.log_outputs([weights_path])
-            run.log_artifact(out_dir / "loss.tsv")
+            run.log_artifact(weights_path, artifact_path="weights")  # through the server, as the README says
         barrier()
         return TrainResult(state.step, last_loss, val_loss, weights_path, ckpt_dir, run.run_id, history, resumed_from)
 
@@ -571,17 +571,17 @@ def _log_window(state: TrainState, lr: float, cfg: TrainConfig, ctx: DistContext
     sums = _all_reduce_sum(torch.stack([w.loss, w.grad]).double(), ctx)
     elapsed = time.perf_counter() - w.start
     loss = float(sums[0]) / (w.steps * ctx.world_size)
-    metrics = {
-        "loss": loss,
-        "grad_norm": float(sums[1]) / (w.steps * ctx.world_size),
-        "lr": lr,
-        "samples_per_sec": w.steps * cfg.global_batch_size / max(elapsed, 1e-9),
-        "epoch": loader.epoch + loader.step_in_epoch / loader.steps_per_epoch,
+    metrics = {  # MLflow groups its charts by the prefix: train/..., val/..., test/...
+        "train/loss": loss,
+        "train/grad_norm": float(sums[1]) / (w.steps * ctx.world_size),
+        "train/lr": lr,
+        "train/samples_per_sec": w.steps * cfg.global_batch_size / max(elapsed, 1e-9),
+        "train/epoch": loader.epoch + loader.step_in_epoch / loader.steps_per_epoch,
     }
     run.log_metrics(metrics, step=state.step)
     state.history.append([float(state.step), loss, math.nan])
     log.info("step %d/%d loss %.4f grad %.3f lr %.3g %.1f samples/s", state.step, cfg.num_iterations,
-             loss, metrics["grad_norm"], lr, metrics["samples_per_sec"])
+             loss, metrics["train/grad_norm"], lr, metrics["train/samples_per_sec"])
     w.reset()
     return loss
 
@@ -630,7 +630,7 @@ def export_ema_weights(net: MMAudioNetwork, ema_dir: Path, cfg: TrainConfig, pat
     save_weight_file(state, path)
     log.info("EMA sigma_rel %.3f at step %d from %d snapshots (profile fit error %.2e) -> %s",
              synth.sigma_rel, synth.step, synth.num_snapshots, synth.relative_error, path)
-    run.log_metrics({"ema_synthesis_error": synth.relative_error}, step=synth.step)
+    run.log_metrics({"train/ema_synthesis_error": synth.relative_error}, step=synth.step)
     run.log_params({"train.ema.snapshots_used": synth.num_snapshots})
     return path
 
@@ -641,25 +641,3 @@ def checkpoint_config(params: Params) -> dict[str, Any]:
     if config["tracking"]["uri"]:
         config["tracking"]["uri"] = redact_credentials(config["tracking"]["uri"])
     return config
-
-
-def write_run_files(
-    out_dir: Path, history: list[list[float]], loss: float, val_loss: float | None, step: int, run_id: str | None,
-    weights: Path,
-) -> None:
-    """metrics.json and loss.tsv for DVC; mlflow_run_id.txt (the run bound to ``weights``' hash) for the
-    evaluation stage."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = {"loss": _finite(loss), "val_loss": _finite(val_loss), "step": step}
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-
-    def cell(v: float) -> str:
-        return "" if math.isnan(v) else f"{v:.6g}"
-
-    rows = [{"step": str(int(s)), "loss": cell(lo), "val_loss": cell(va)} for s, lo, va in history]
-    write_tsv(out_dir / "loss.tsv", ("step", "loss", "val_loss"), rows)
-    write_run_id_file(out_dir / RUN_ID_FILE, run_id, weights)
-
-
-def _finite(v: float | None) -> float | None:
-    return None if v is None or math.isnan(v) else round(float(v), 6)

@@ -120,8 +120,11 @@ def resolve_file(
 
     looked_at = [str(local)] + ([f"Hugging Face cache of {hf_repo} ({hf_filename})"] if hf_repo else [])
     if not allow_download:
+        # `hf` is the CLI of the pinned huggingface_hub (it no longer installs `huggingface-cli`)
+        fetch = f" (`hf download {hf_repo} {hf_filename} --local-dir {Path(ext_dir)}`)" if hf_repo else ""
         raise missing("; ".join(looked_at),
-                      where_to_get(name, hf_repo, url, size) + f" Place it at {local}, or allow the download.")
+                      where_to_get(name, hf_repo, url, size) + f" Place it at {local}{fetch}; the pipeline never "
+                      "downloads (only a direct call with allow_download=True does).")
     if hf_repo is not None:
         from huggingface_hub import hf_hub_download
 

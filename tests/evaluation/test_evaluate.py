@@ -89,14 +89,16 @@ def test_evaluate_writes_scores_and_logs_into_existing_run(ws):
 
     scores = evaluate_mod.evaluate(params)
 
-    doc = json.loads((root / "eval" / "scores.json").read_text())
     for key in ("proxy_fd_logmel", "proxy_onset_gt_f1", "proxy_onset_event_f1", "proxy_fd_crepe",
                 "baseline_proxy_fd_logmel", "baseline_proxy_onset_gt_f1", "baseline_proxy_fd_crepe"):
-        assert key in doc, key
-    assert doc["proxy_onset_event_num_clips"] == 1.0  # only clip_a has events
-    assert doc["proxy_onset_gt_num_clips"] == 2.0
-    assert doc["proxy_fd_logmel"] > 0 and math.isfinite(doc["proxy_fd_logmel"])
-    assert scores["proxy_fd_logmel"] == doc["proxy_fd_logmel"]
+        assert key in scores, key
+    assert scores["proxy_onset_event_num_clips"] == 1.0  # only clip_a has events
+    assert scores["proxy_onset_gt_num_clips"] == 2.0
+    assert scores["proxy_fd_logmel"] > 0 and math.isfinite(scores["proxy_fd_logmel"])
+    # scores.json: the headline scores only (dvc exp show stays narrow); all of them go to MLflow
+    doc = json.loads((root / "eval" / "scores.json").read_text())
+    assert doc == {group: {k: pytest.approx(scores[prefix + k]) for k in ("proxy_fd_logmel", "proxy_onset_gt_f1")}
+                   for group, prefix in (("test", ""), ("baseline", "baseline_"), ("shuffled", "shuffled_"))}
     for folder in ("samples", "baseline_samples", "gt"):
         for i in IDS:
             track = decode_audio(root / "eval" / folder / f"{i}.flac")
@@ -108,8 +110,9 @@ def test_evaluate_writes_scores_and_logs_into_existing_run(ws):
     child_id = child[0].info.run_id
     data = client.get_run(run_id).data
     assert data.metrics["train.loss"] == 1.0
-    assert data.metrics["proxy_fd_logmel"] == pytest.approx(doc["proxy_fd_logmel"])
-    assert data.metrics["baseline.proxy_fd_logmel"] == pytest.approx(doc["baseline_proxy_fd_logmel"])
+    assert data.metrics["test/proxy_fd_logmel"] == pytest.approx(scores["proxy_fd_logmel"])
+    assert data.metrics["baseline/proxy_fd_logmel"] == pytest.approx(scores["baseline_proxy_fd_logmel"])
+    assert data.metrics["test/proxy_onset_event_num_clips"] == 1.0
     assert data.tags["eval.run_id"] == child_id
     assert not any(k.startswith("evaluate.") for k in data.params)  # the training run's params stay its own
     for metric in ("fd_panns", "fd_vgg", "fd_passt", "desync", "ib_score"):
@@ -117,12 +120,44 @@ def test_evaluate_writes_scores_and_logs_into_existing_run(ws):
     sub = client.get_run(child_id).data
     assert sub.tags["mlflow.parentRunId"] == run_id
     assert sub.params["evaluate.cfg_strength"] == "4.5" and sub.params["evaluate.num_steps"] == "2"
-    assert sub.metrics["proxy_fd_logmel"] == pytest.approx(doc["proxy_fd_logmel"])
+    assert sub.metrics["test/proxy_fd_logmel"] == pytest.approx(scores["proxy_fd_logmel"])
+    assert sub.metrics["baseline/proxy_fd_logmel"] == pytest.approx(scores["baseline_proxy_fd_logmel"])
     assert sub.tags["eval.skipped.fd_vgg"].startswith("weights absent")
     assert sub.params["data.in.train/weights.pth"] == data.tags["eval.in.train/weights.pth"]
     artifacts = [a.path for a in client.list_artifacts(child_id, "evaluate/samples")]
     assert artifacts == ["evaluate/samples/clip_a.flac"]
     assert client.list_artifacts(run_id, "evaluate/samples") == []  # samples belong to the evaluation run
+
+
+def test_baseline_is_computed_once_per_configuration_and_reused(ws, monkeypatch, caplog):
+    """A second evaluation (another trained network, same baseline configuration) reuses the cached
+    baseline: same scores, byte-identical samples, no sampling of the untrained network; a changed
+    train.seed changes the key and samples it again."""
+    import dataclasses
+    import logging
+
+    root, params = ws
+    first = evaluate_mod.evaluate(params)
+    entries = list((root / ".cache" / "baseline").iterdir())
+    assert len(entries) == 1 and (entries[0] / "samples" / "clip_a.flac").is_file()
+    flac = (root / "eval" / "baseline_samples" / "clip_a.flac").read_bytes()
+
+    torch.manual_seed(2)  # another trained network with the same buffers: the baseline does not change
+    net = build_network(MICRO.name, latent_mean=torch.zeros(20), latent_std=torch.ones(20))
+    save_network_weights(net, root / "train" / "weights.pth")
+    sampled = []
+    real_untrained = evaluate_mod.untrained_network
+    monkeypatch.setattr(evaluate_mod, "untrained_network", lambda *a, **k: sampled.append(a) or real_untrained(*a, **k))
+    with caplog.at_level(logging.INFO, logger="mmaudio.evaluation.evaluate"):
+        second = evaluate_mod.evaluate(params)
+    assert sampled == [] and "baseline: reusing" in caplog.text
+    assert {k: v for k, v in second.items() if k.startswith("baseline_")} == pytest.approx(
+        {k: v for k, v in first.items() if k.startswith("baseline_")}, nan_ok=True)
+    assert (root / "eval" / "baseline_samples" / "clip_a.flac").read_bytes() == flac
+
+    other = dataclasses.replace(params, train=dataclasses.replace(params.train, seed=params.train.seed + 1))
+    evaluate_mod.evaluate(other)
+    assert len(sampled) == 1 and len(list((root / ".cache" / "baseline").iterdir())) == 2
 
 
 def test_two_evaluations_of_one_training_keep_their_settings(ws):
@@ -143,8 +178,8 @@ def test_two_evaluations_of_one_training_keep_their_settings(ws):
     children = client.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{run_id}'",
                                   order_by=["attributes.start_time ASC"])
     assert [c.data.params["evaluate.cfg_strength"] for c in children] == ["4.5", "3.0"]
-    assert [c.data.metrics["proxy_fd_logmel"] for c in children] == [
+    assert [c.data.metrics["test/proxy_fd_logmel"] for c in children] == [
         pytest.approx(first["proxy_fd_logmel"]), pytest.approx(second["proxy_fd_logmel"])]
     train = client.get_run(run_id).data
     assert train.tags["eval.run_id"] == children[1].info.run_id  # the latest evaluation
-    assert train.metrics["proxy_fd_logmel"] == pytest.approx(second["proxy_fd_logmel"])
+    assert train.metrics["test/proxy_fd_logmel"] == pytest.approx(second["proxy_fd_logmel"])

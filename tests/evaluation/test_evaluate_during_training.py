@@ -1,5 +1,5 @@
 """Evaluation inside the training loop: the val set sampled with the given network, every score logged
-as eval/<key> at the step, the reference side built once, the global RNG untouched; and the new keys
+as val/<key> at the step, the reference side built once, the global RNG untouched; and the new keys
 train.eval_interval, evaluate.extractor_dir / extractor_preset, and the ImageBind frame stream."""
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def test_evaluate_during_training_logs_eval_metrics_at_step(ws, monkeypatch):
 
     logged = {k: (v, step) for k, v, step in run.metrics}
     for key in (*OFFICIAL_METRICS, "proxy_fd_logmel", "proxy_onset_gt_f1"):
-        value, step = logged[f"eval/{key}"]
+        value, step = logged[f"val/{key}"]
         assert step == 7 and math.isfinite(value) and value == pytest.approx(scores[key]), key
     assert not [t for t in run.tags if t.startswith("train.eval.skipped.")]
     assert run.tags["train.eval.dataset"] == "ex_eval"
@@ -58,7 +58,7 @@ def test_evaluate_during_training_logs_eval_metrics_at_step(ws, monkeypatch):
     again = evaluation(net, 14, run)
     assert evaluation.scorer is scorer and not built
     assert again == scores
-    assert {step for k, _, step in run.metrics if k == "eval/fd_vgg"} == {7, 14}
+    assert {step for k, _, step in run.metrics if k == "val/fd_vgg"} == {7, 14}
 
 
 def test_evaluate_during_training_function_without_extractors(ws):
@@ -68,7 +68,7 @@ def test_evaluate_during_training_function_without_extractors(ws):
     run = RecordingRun()
     scores = TrainingEvaluation(params)(net, 3, run)
     assert not set(OFFICIAL_METRICS) & set(scores)
-    assert {k for k, _, _ in run.metrics} >= {"eval/proxy_fd_logmel", "eval/proxy_onset_gt_f1"}
+    assert {k for k, _, _ in run.metrics} >= {"val/proxy_fd_logmel", "val/proxy_onset_gt_f1"}
     assert run.tags["train.eval.skipped.desync"].startswith("weights absent")
 
 
@@ -123,6 +123,6 @@ def test_train_logs_eval_scores_every_eval_interval(tmp_path, monkeypatch, examp
                      "log_interval": 1, "num_audio_samples": 0, "device": "cpu", "compile": False}
     result = train(validate(raw))
 
-    history = mlflow.tracking.MlflowClient(uri).get_metric_history(result.run_id, "eval/proxy_fd_logmel")
+    history = mlflow.tracking.MlflowClient(uri).get_metric_history(result.run_id, "val/proxy_fd_logmel")
     assert [m.step for m in history] == [2, 3]  # the interval, then the final step
     assert all(math.isfinite(m.value) for m in history)

@@ -42,8 +42,10 @@ def _fast_fd(monkeypatch) -> None:
     monkeypatch.setattr(official, "frechet_distance", lambda a, b: real(a[:, :64], b[:, :64]))
 
 
-def _check_all_official(root, run, baseline: bool) -> dict:
-    doc = json.loads((root / "eval" / "scores.json").read_text())
+def _check_all_official(root, run, scores, baseline: bool) -> dict:
+    doc = scores  # every score (scores.json keeps the headline ones)
+    headline = json.loads((root / "eval" / "scores.json").read_text())
+    assert {"fd_passt", "ib_score", "desync"} <= set(headline["test"])
     for prefix in ("", "baseline_") if baseline else ("",):
         for key in ALL_OFFICIAL:
             assert doc.get(prefix + key) is not None and math.isfinite(doc[prefix + key]), prefix + key
@@ -55,11 +57,11 @@ def _check_all_official(root, run, baseline: bool) -> dict:
     assert doc["kl_panns"] > -1e-5 and doc["kl_passt"] > -1e-5  # >= 0 up to float32 rounding
     assert doc["fd_passt"] > 0 and doc["fd_vgg"] > 0
     logged = {k: v for k, v, _ in run.metrics}
-    assert logged["fd_vgg"] == pytest.approx(doc["fd_vgg"])
+    assert logged["test/fd_vgg"] == pytest.approx(doc["fd_vgg"])
     if baseline:
         # the trained and the untrained network generate different audio: some official score differs
         assert any(doc[k] != doc[f"baseline_{k}"] for k in ("fd_passt", "fd_vgg", "kl_passt", "ib_score"))
-        assert logged["baseline.fd_vgg"] == pytest.approx(doc["baseline_fd_vgg"])
+        assert logged["baseline/fd_vgg"] == pytest.approx(doc["baseline_fd_vgg"])
     # 2 clips < 10 splits: IS over one split, said in a note
     assert "1 split" in run.tags["eval.note.isc_panns"]
     assert run.tags["eval.extractor_preset"] == "tiny"
@@ -73,7 +75,7 @@ def test_official_metrics_with_tiny_extractor_files(ws, monkeypatch):
     # no baseline here (half the sampling and decoding); the slow test scores it too
     params = make_workspace(root, examples, IDS, extractors=True, evaluate={"baseline": False})
     scores = evaluate_mod.evaluate(params)
-    doc = _check_all_official(root, runs[0], baseline=False)
+    doc = _check_all_official(root, runs[0], scores, baseline=False)
     assert scores["ib_score"] == doc["ib_score"]
     assert "proxy_fd_logmel" in doc  # proxies still computed
 
@@ -83,18 +85,30 @@ def test_official_metrics_full_fd(ws):
     """With the baseline and the real 2048-d FD of PANNs (slow: two 2048x2048 matrix square roots)."""
     root, examples, runs = ws
     params = make_workspace(root, examples, IDS, extractors=True)
-    evaluate_mod.evaluate(params)
-    doc = _check_all_official(root, runs[0], baseline=True)
+    scores = evaluate_mod.evaluate(params)
+    doc = _check_all_official(root, runs[0], scores, baseline=True)
     assert doc["fd_panns"] >= 0
 
 
-def test_official_metrics_skipped_without_files(ws):
+def test_official_metrics_skipped_without_files(ws, caplog):
+    import logging
+
     root, examples, runs = ws
     params = make_workspace(root, examples, IDS, extractors=False, evaluate={"baseline": False})
-    evaluate_mod.evaluate(params)
-    doc = json.loads((root / "eval" / "scores.json").read_text())
+    with caplog.at_level(logging.INFO, logger="mmaudio.evaluation.evaluate"):
+        doc = evaluate_mod.evaluate(params)
+    # one short line per missing file, naming the metrics it would give
+    skipped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipped ")]
+    official = [line for line in skipped if "not found in" in line]
+    assert len(official) == len(set(OFFICIAL_METRICS.values())) == 5, skipped
+    assert any(line.startswith("skipped fd_panns, isc_panns, kl_panns: Cnn14_16k_mAP=0.438.pth not found") for line in official)
+    assert all(len(line) < 200 for line in official), official
     assert not set(ALL_OFFICIAL) & set(doc)
     assert doc["proxy_fd_logmel"] > 0
+    # the headline scores of the trained network and of the shuffled-video control (no baseline here)
+    assert json.loads((root / "eval" / "scores.json").read_text()) == {group: {
+        "proxy_fd_logmel": pytest.approx(doc[f"{prefix}proxy_fd_logmel"]),
+        "proxy_onset_gt_f1": pytest.approx(doc[f"{prefix}proxy_onset_gt_f1"])} for group, prefix in (("test", ""), ("shuffled", "shuffled_"))}
     tags = runs[0].tags
     for key, filename in OFFICIAL_METRICS.items():
         reason = tags[f"eval.skipped.{key}"]

@@ -145,3 +145,12 @@ def test_a_download_with_the_wrong_checksum_leaves_nothing_behind(tmp_path, monk
     with pytest.raises(WeightFileError, match="md5"):
         resolve_weight("w.pth", ext_dir=tmp_path, allow_download=True)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_file_hint_names_the_pinned_hub_cli(tmp_path):
+    """huggingface_hub 1.x+ installs `hf`, not `huggingface-cli`; the pipeline itself never downloads."""
+    with pytest.raises(MissingWeightsError) as info:
+        resolve_weight("w.pth", ext_dir=tmp_path / "ext", hf_repo="org/repo", hf_cache_dir=tmp_path / "hf")
+    text = str(info.value)
+    assert f"`hf download org/repo w.pth --local-dir {tmp_path / 'ext'}`" in text
+    assert "huggingface-cli" not in text and "allow_download=True" in text

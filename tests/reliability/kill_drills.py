@@ -36,6 +36,7 @@ import torch
 import yaml
 
 from mmaudio.training.checkpoint import load_latest_checkpoint
+from mmaudio.training.run_files import series_path
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -214,7 +215,8 @@ def train_drill(root: Path, kills: int, seed: int, network: str, steps: int, tim
     w = ws / "out" / "weights.pth"
     b = torch.load(w, weights_only=True) if w.is_file() else {}
     res.equal = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    res.equal &= (ref / "out" / "loss.tsv").read_text() == (ws / "out" / "loss.tsv").read_text()
+    for series in ("train/loss", "val/loss"):  # the plot files (mmaudio.training.run_files)
+        res.equal &= series_path(ref / "out", series).read_text() == series_path(ws / "out", series).read_text()
     return res
 
 

@@ -150,7 +150,7 @@ def _compared_runs(client: MlflowClient, experiment: str) -> tuple[str, list]:
         by_stage.setdefault(r.data.tags.get("dvc.stage", ""), {})[r.data.tags.get("dvc.exp_name", "")] = r
     names = [exp_name(v) for v in VALUES]
     both = {s: [e[n] for n in names] for s, e in by_stage.items() if all(n in e for n in names)}
-    with_loss = [s for s, rs in both.items() if all("loss" in r.data.metrics for r in rs)]
+    with_loss = [s for s, rs in both.items() if all("train/loss" in r.data.metrics for r in rs)]
     stage = with_loss[-1] if with_loss else next(s for s in both if s.startswith("partition@"))
     return exp.experiment_id, both[stage]
 
@@ -185,8 +185,8 @@ def test_compare_page_shows_both_experiments_and_the_differing_param(ui_repo, ml
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
     shutil.copyfile(shot, LATEST_SCREENSHOT)
 
-    if all("loss" in r.data.metrics for r in runs):  # the train stage's curves
-        link = browser.find_element("css selector", "a[href*='metric=%22loss%22']").get_attribute("href")
+    if all("train/loss" in r.data.metrics for r in runs):  # the train stage's curves
+        link = browser.find_element("css selector", "a[href*='metric=%22train']").get_attribute("href")
         browser.get(link)
         _wait(browser, lambda d: len(d.find_elements("css selector", ".js-plotly-plot .scatterlayer .trace")) >= len(runs),
               "a loss chart with one curve per run")
@@ -207,8 +207,9 @@ def test_dvc_plots_show_and_diff_render_the_declared_plots(ui_repo, tmp_path):
     if not shown.get("data"):
         pytest.skip("dvc.yaml declares no plots yet (the train stage adds its loss TSV)")
     assert not shown.get("errors"), shown["errors"]
-    for plot, renders in shown["data"].items():
-        assert renders and all(r["content"]["data"]["values"] for r in renders), f"plot {plot} has no data"
+    for plot, renders in shown["data"].items():  # vega plots carry data points, image plots a file
+        assert renders and all(r["content"]["data"]["values"] if r["type"] == "vega" else Path(r["url"]).is_file()
+                               for r in renders), f"plot {plot} has no data"
     run(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], ui_repo)
     html = (tmp_path / "plots" / "index.html").read_text()
     assert all(plot in html for plot in shown["data"])

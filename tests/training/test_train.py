@@ -33,6 +33,7 @@ def long_run(feature_root, tmp_path_factory):
     """150 steps of the micro network in a git workspace with MLflow's default store."""
     ws = tmp_path_factory.mktemp("ws")
     shutil.copy(REPO / "params.yaml", ws / "params.yaml")
+    shutil.copy(REPO / "dvc.yaml", ws / "dvc.yaml")  # the train stage's declared params: what the run logs
     subprocess.run(["git", "init", "-q"], cwd=ws, check=True)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(ws)
@@ -76,11 +77,12 @@ def test_outputs_and_exported_weights(long_run, feature_root):
     assert [s for s, _ in list_checkpoints(r.checkpoint_dir)] == [100, 150]
     assert [s for s, _ in list_snapshots(r.checkpoint_dir / "ema")] == [50, 100, 150]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics == {"loss": round(r.loss, 6), "val_loss": round(r.val_loss, 6), "step": 150}
-    lines = (out / "loss.tsv").read_text().splitlines()
-    assert lines[0] == "step\tloss\tval_loss" and len(lines) == 16
-    assert lines[1].startswith("10\t") and lines[1].endswith("\t") and lines[5].count("\t") == 2
-    assert float(lines[5].split("\t")[2]) == pytest.approx(r.history[4][2], rel=1e-5)  # step 50 has both
+    assert metrics == {"train": {"loss": round(r.loss, 6)}, "val": {"loss": round(r.val_loss, 6)}, "step": 150}
+    train_rows = (out / "plots/metrics/train/loss.tsv").read_text().splitlines()
+    assert train_rows[0] == "step\tloss" and len(train_rows) == 16 and train_rows[1].startswith("10\t")
+    val_rows = (out / "plots/metrics/val/loss.tsv").read_text().splitlines()  # validation steps only
+    assert [row.split("\t")[0] for row in val_rows] == ["step", "50", "100", "150"]
+    assert float(val_rows[1].split("\t")[1]) == pytest.approx(r.history[4][2], rel=1e-5)
     assert (out / "mlflow_run_id.txt").read_text().splitlines()[0] == r.run_id
 
 
@@ -100,12 +102,17 @@ def test_mlflow_run_holds_config_hashes_tags_and_metrics(long_run, feature_root)
     assert tags["train.init"] == "random" and tags["train.empty_string"] == "zeros"
     assert tags["train.latent_stats_dataset"] == "syn_video" and "git.commit" in tags
     assert tags["train.audio_samples"].startswith("skipped: weight profile 'tiny'")  # no ext_weights/tiny here
-    history = client.get_metric_history(r.run_id, "loss")
+    history = client.get_metric_history(r.run_id, "train/loss")
     assert [h.step for h in history] == list(range(10, 151, 10))
     assert history[-1].value == pytest.approx(r.loss)
-    assert [h.step for h in client.get_metric_history(r.run_id, "val_loss")] == [50, 100, 150]
-    assert {"lr", "grad_norm", "samples_per_sec", "ema_synthesis_error"} <= set(m)
-    assert m["lr"] == pytest.approx(2e-3) and run.info.status == "FINISHED"
+    assert [h.step for h in client.get_metric_history(r.run_id, "val/loss")] == [50, 100, 150]
+    assert {"train/lr", "train/grad_norm", "train/samples_per_sec", "train/ema_synthesis_error"} <= set(m)
+    assert m["train/lr"] == pytest.approx(2e-3) and run.info.status == "FINISHED"
+    # the params the train stage reads (dvc.yaml's declaration), not the whole config
+    assert "partition.max_segments" not in p and "evaluate.out_dir" not in p
+    assert p["evaluate.num_steps"] == "25"  # evaluation during training's setting: the stage declares it
+    artifacts = [a.path for a in client.list_artifacts(r.run_id, "weights")]
+    assert artifacts == ["weights/weights.pth"]  # the exported weights go through the tracking server
     inputs = {d.dataset.name: d.dataset.digest for d in run.inputs.dataset_inputs}
     assert inputs[str(feature_root / "syn_video")] == dvc_hash(feature_root / "syn_video")
 
@@ -220,7 +227,8 @@ def test_dvc_stage_reads_the_sets_params_name():
     deps = {d.replace("${extract.out_dir}", params["extract"]["out_dir"]) for d in stage["deps"]}
     names = [*params["train"]["datasets"], params["train"]["val_dataset"]]
     assert {f"{params['extract']['out_dir']}/{n}" for n in names} <= deps
-    assert "train" in stage["params"] and stage["cmd"].startswith("torchrun --standalone")
+    # the params are checked (three-line error) before torchrun starts
+    assert "train" in stage["params"] and stage["cmd"].startswith("python -m mmaudio.check_params && torchrun --standalone")
     ckpt = next(o for o in stage["outs"] if isinstance(o, dict) and "${train.out_dir}/checkpoints" in o)
     assert ckpt["${train.out_dir}/checkpoints"]["persist"] is True
 
@@ -263,6 +271,30 @@ def test_unreadable_checkpoint_files_name_the_file_and_the_reason(tmp_path):
     code.write_bytes(pickle.dumps({"step": 3, "f": print}))
     with pytest.raises(CheckpointError, match=r"code\.pt holds objects other than tensors"):
         load_plain_file(code)
+
+
+def test_dvc_plots_show_draws_true_curves(long_run, tmp_path):
+    """`dvc plots show --json` (real DVC) of the run's files with the repo's dvc.yaml: the validation
+    series holds the validation steps only, not zero-filled rows between them."""
+    ws, _, r = long_run
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(REPO / name, repo / name)
+    shutil.copytree(ws / "models" / "train" / "plots", repo / "models" / "train" / "plots")
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run(["dvc", "init", "-q"], cwd=repo, check=True)
+    shown = subprocess.run(["dvc", "plots", "show", "--json"], cwd=repo, check=True, capture_output=True, text=True)
+    plot = json.loads(shown.stdout)["data"]["loss"][0]["content"]
+    assert plot["title"]["text"].startswith("Flow-matching loss")
+    assert plot["encoding"]["x"]["title"] == "optimizer step"
+    points = plot["data"]["values"]
+    val = [(int(p["step"]), float(p["loss"])) for p in points if p["filename"] == "val/loss.tsv"]
+    expected = [(int(s), v) for s, _, v in r.history if not math.isnan(v)]
+    assert [s for s, _ in val] == [50, 100, 150] == [s for s, _ in expected]
+    assert all(v == pytest.approx(e, rel=1e-5) and v > 0.1 for (_, v), (_, e) in zip(val, expected))
+    train_steps = [int(p["step"]) for p in points if p["filename"] == "train/loss.tsv"]
+    assert train_steps == list(range(10, 151, 10))
 
 
 def test_the_stage_composes_inputs_and_callbacks_with_evaluate_settings(workspace, feature_root, tiny_weights):
