@@ -171,6 +171,19 @@ class EmaConfig:
 
 
 @dataclass
+class SamplingConfig:
+    """How the train stage samples while it trains: the audio samples of every ``val_interval`` and the
+    evaluation of every ``eval_interval``. Its own keys, not ``evaluate.*``: changing how the evaluate
+    stage samples then reruns only that stage, and these keys are not part of the run key."""
+
+    solver: str = "euler"  # euler | adaptive (torchdiffeq dopri5)
+    num_steps: int = 25  # Euler steps
+    cfg_strength: float = 4.5
+    seed: int = 0  # row i's noise: a generator seeded from (seed, i), independent of batching
+    batch_size: int = 8  # rows per network / decoder call, per process
+
+
+@dataclass
 class TrainConfig:
     """The flow network's training (stage `train`); defaults are upstream's recipe for small_16k."""
 
@@ -192,10 +205,11 @@ class TrainConfig:
     logit_normal_mean: float = 0.0  # flow time t = sigmoid(N(mean, scale^2))
     logit_normal_scale: float = 1.0
     ema: EmaConfig = field(default_factory=EmaConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
     checkpoint_every: int = 10_000  # optimizer steps between checkpoints (also one at the end)
     keep_last: int = 2  # checkpoints kept; older ones are deleted after a newer one is written
     val_interval: int = 5000  # optimizer steps between validation losses (also one at the end)
-    eval_interval: int = 0  # optimizer steps between evaluations of the val set (evaluate.* settings, val/<metric>); 0: off
+    eval_interval: int = 0  # optimizer steps between evaluations of the val set (train.sampling.* settings, val/<metric>); 0: off
     log_interval: int = 200  # optimizer steps per logged metrics row (means over the window)
     num_audio_samples: int = 2  # val rows sampled, decoded and logged to MLflow at every validation (0: none)
     seed: int = 14159265
@@ -393,6 +407,7 @@ def _check_values(p: Params, source: str) -> None:
     _check_tracking(p.tracking, source)
     _check_train(p, source)
     _check_network_mode(p, source)
+    _check_sampling(p.train.sampling, "train.sampling", source)
     _check_evaluate(p.evaluate, source)
     _check_examples_and_codec(p, source)
     if p.partition.min_duration_sec < p.partition.segment_sec:
@@ -512,16 +527,24 @@ def _check_network_mode(p: Params, source: str) -> None:
         )
 
 
+def _check_sampling(s: EvaluateConfig | SamplingConfig, section: str, source: str) -> None:
+    """The sampling keys that ``evaluate`` and ``train.sampling`` share."""
+    if s.solver not in choice_values(Solver):
+        raise ConfigError(f"{source}: key '{section}.solver' must be one of {choice_values(Solver)}, got {s.solver!r}")
+    for key in ("num_steps", "batch_size"):
+        if getattr(s, key) < 1:
+            raise ConfigError(f"{source}: key '{section}.{key}' must be >= 1, got {getattr(s, key)}")
+    _check_range(source, f"{section}.seed", s.seed, 0, MAX_SEED)
+    _check_range(source, f"{section}.cfg_strength", s.cfg_strength, 0.0, math.inf)
+
+
 def _check_evaluate(e: EvaluateConfig, source: str) -> None:
-    for key, choices in (("solver", choice_values(Solver)), ("device", choice_values(Device)),
-                         ("extractor_preset", choice_values(ExtractorPreset))):
+    for key, choices in (("device", choice_values(Device)), ("extractor_preset", choice_values(ExtractorPreset))):
         if getattr(e, key) not in choices:
             raise ConfigError(f"{source}: key 'evaluate.{key}' must be one of {choices}, got {getattr(e, key)!r}")
-    for key, low in (("num_steps", 1), ("batch_size", 1), ("num_logged_samples", 0)):
-        if getattr(e, key) < low:
-            raise ConfigError(f"{source}: key 'evaluate.{key}' must be >= {low}, got {getattr(e, key)}")
-    _check_range(source, "evaluate.seed", e.seed, 0, MAX_SEED)
-    _check_range(source, "evaluate.cfg_strength", e.cfg_strength, 0.0, math.inf)
+    if e.num_logged_samples < 0:
+        raise ConfigError(f"{source}: key 'evaluate.num_logged_samples' must be >= 0, got {e.num_logged_samples}")
+    _check_sampling(e, "evaluate", source)
 
 
 def _check_range(source: str, key: str, value: float, low: float, high: float, *, low_open: bool = False) -> None:

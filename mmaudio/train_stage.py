@@ -8,7 +8,7 @@ As in lightning-hydra-template, the entry point composes and the trainer trains:
 profile, :class:`~mmaudio.training.train.TrainInputs`) and two callbacks, built here:
 
 - audio samples (:class:`~mmaudio.evaluation.audio_samples.AudioSamples`, rank 0) every
-  ``train.val_interval`` steps, sampled with the ``evaluate.*`` sampling settings;
+  ``train.val_interval`` steps, sampled with the ``train.sampling.*`` settings;
 - evaluation of ``train.val_dataset`` (:class:`~mmaudio.evaluation.evaluate.TrainingEvaluation`,
   every rank) every ``train.eval_interval`` steps when that is > 0.
 """

@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 # (dvc.yaml stage, foreach key or None, overrides that keep the run small; they change no code path)
 SMALL_TRAIN = ["train.num_iterations=4", "train.val_interval=2", "train.eval_interval=4", "train.checkpoint_every=2",
                "train.ema.snapshot_every=2", "train.log_interval=1", "train.num_audio_samples=1",
-               "train.global_batch_size=2", "train.warmup_steps=1", "train.milestones=[2,3]"]
+               "train.global_batch_size=2", "train.warmup_steps=1", "train.milestones=[2,3]",
+               "train.sampling.num_steps=2", "train.sampling.batch_size=2"]
 SMALL_EVAL = ["evaluate.num_steps=2", "evaluate.crepe=false", "evaluate.batch_size=2", "evaluate.num_logged_samples=1"]
 RUNS = [
     ("make_examples", None, ["examples.sync_clips.train=2", "examples.sync_clips.val=1", "examples.sync_clips.test=2"]),
@@ -133,3 +134,12 @@ def test_the_recorder_sees_nested_and_dataset_reads(tmp_path, monkeypatch):
     assert reads == {"train.ema.snapshot_every", "video_datasets.examples_val.split"}
     assert undeclared(reads, ["train", "video_datasets.examples_val.media_dir"]) == ["video_datasets.examples_val.split"]
     assert unread(reads, ["train.ema", "evaluate.seed"]) == ["evaluate.seed"]
+
+
+def test_only_the_evaluate_stage_declares_how_it_samples():
+    """`dvc exp run -S evaluate.cfg_strength=3` reruns evaluate alone: the train stage samples with its
+    own train.sampling.* keys (not part of its run key), so it declares none of evaluate's."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for key in ("evaluate.solver", "evaluate.num_steps", "evaluate.cfg_strength", "evaluate.seed", "evaluate.batch_size"):
+        declaring = [name for name, st in stages.items() if key in st.get("do", st).get("params", [])]
+        assert declaring == ["evaluate"], (key, declaring)

@@ -72,7 +72,7 @@ class AudioSamples:
     def __init__(self, params: Params, features: FeatureSet, num: int, device: torch.device):
         self.params, self.features, self.device = params, features, device
         self.num = min(num, len(features))
-        self.options = sampling_options(params.evaluate)
+        self.options = sampling_options(params.train.sampling)
         self.encoders = None
         self.disabled: str | None = None if self.num > 0 else "train.num_audio_samples is 0"
 

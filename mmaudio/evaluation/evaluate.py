@@ -461,8 +461,8 @@ class TrainingEvaluation:
     """The evaluate stage's scores of the validation set, for use inside the training loop.
 
     Samples ``dataset`` (default ``train.val_dataset``, a video feature set) with the network given at
-    each call, using ``evaluate.*`` sampling settings (solver, steps, CFG, seed, batch size) and the
-    same metrics (proxies; official ones whose extractor files are present), and logs every finite
+    each call, using the ``train.sampling.*`` settings (solver, steps, CFG, seed, batch size) and the
+    evaluate stage's metrics (proxies; official ones whose extractor files are present), and logs every finite
     score as ``val/<key>`` at the training step. The reference side (ground truth, extractors, their
     features) is built at the first call and reused; building it leaves the global RNG states as they
     were, so the training stream does not depend on ``train.eval_interval``.
@@ -486,7 +486,7 @@ class TrainingEvaluation:
             raise ValueError(f"train.val_dataset '{name}' is not in video_datasets: evaluation needs source videos")
         self.params, self.ctx, self.dataset = params, ctx, name
         self.features = FeatureSet.open(Path(params.extract.out_dir) / name, mode=params.extract.mode)
-        self.options = sampling_options(params.evaluate)
+        self.options = sampling_options(params.train.sampling)
         self.device = torch.device(device) if device is not None else (ctx.device if ctx else torch.device("cpu"))
         self.scorer: SetScorer | None = None
 

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from mmaudio.choices import Solver, check_choice
-from mmaudio.config import EvaluateConfig
+from mmaudio.config import EvaluateConfig, SamplingConfig
 from mmaudio.distributed import DistContext
 from mmaudio.features import FeatureSet
 from mmaudio.model.flow_matching import (
@@ -58,9 +58,10 @@ class SamplingOptions:
             raise ValueError(f"num_steps and batch_size must be >= 1, got {self.num_steps}, {self.batch_size}")
 
 
-def sampling_options(cfg: EvaluateConfig) -> SamplingOptions:
-    """The ``evaluate.*`` sampling settings: what the evaluate stage, evaluation during training and the
-    training-time audio samples all sample with."""
+def sampling_options(cfg: EvaluateConfig | SamplingConfig) -> SamplingOptions:
+    """Sampling settings from ``evaluate.*`` (the evaluate stage) or ``train.sampling.*`` (the train
+    stage's audio samples and evaluation during training): one sampler, two sets of keys, so that
+    changing how the evaluate stage samples reruns only that stage."""
     return SamplingOptions(solver=cfg.solver, num_steps=cfg.num_steps, cfg_strength=cfg.cfg_strength,
                            seed=cfg.seed, batch_size=cfg.batch_size)
 

@@ -85,7 +85,9 @@ STAGE = "train"
 RESUME_NEUTRAL_KEYS = frozenset(
     {"checkpoint_every", "keep_last", "val_interval", "eval_interval", "log_interval", "nproc_per_node", "prefetch",
      "compile",
-     "device", "out_dir", "ema.snapshot_every", "ema.output_sigma_rel"}
+     "device", "out_dir", "ema.snapshot_every", "ema.output_sigma_rel",
+     # how the run samples for its audio samples and evaluations: recorded, never trained on
+     "sampling.solver", "sampling.num_steps", "sampling.cfg_strength", "sampling.seed", "sampling.batch_size"}
 )
 VAL_SEED_OFFSET = 7_919  # the validation generator's seed is train.seed + this, reset every pass
 

@@ -110,7 +110,8 @@ def test_mlflow_run_holds_config_hashes_tags_and_metrics(long_run, feature_root)
     assert m["train/lr"] == pytest.approx(2e-3) and run.info.status == "FINISHED"
     # the params the train stage reads (dvc.yaml's declaration), not the whole config
     assert "partition.max_segments" not in p and "evaluate.out_dir" not in p
-    assert p["evaluate.num_steps"] == "25"  # evaluation during training's setting: the stage declares it
+    assert p["train.sampling.num_steps"] == "25"  # the stage's own sampling settings
+    assert "evaluate.num_steps" not in p  # the evaluate stage's sampling is not the train stage's
     artifacts = [a.path for a in client.list_artifacts(r.run_id, "weights")]
     assert artifacts == ["weights/weights.pth"]  # the exported weights go through the tracking server
     inputs = {d.dataset.name: d.dataset.digest for d in run.inputs.dataset_inputs}
@@ -297,8 +298,8 @@ def test_dvc_plots_show_draws_true_curves(long_run, tmp_path):
     assert train_steps == list(range(10, 151, 10))
 
 
-def test_the_stage_composes_inputs_and_callbacks_with_evaluate_settings(workspace, feature_root, tiny_weights):
-    """The trainer's audio samples follow evaluate.* (cfg_strength included) and the sampler is the
+def test_the_stage_composes_inputs_and_callbacks_with_its_sampling_settings(workspace, feature_root, tiny_weights):
+    """The trainer's audio samples follow train.sampling.* (cfg_strength included) and the sampler is the
     evaluation's: the guidance changes the sampled latents, the same settings reproduce them."""
     import dataclasses
 
@@ -310,12 +311,13 @@ def test_the_stage_composes_inputs_and_callbacks_with_evaluate_settings(workspac
 
     shutil.copytree(tiny_weights, workspace / "ext_weights" / "tiny")
     base = train_params(feature_root, workspace / "s", num_audio_samples=1, val_interval=7)
-    params = dataclasses.replace(base, evaluate=dataclasses.replace(base.evaluate, cfg_strength=3.0, num_steps=3))
+    sampling = dataclasses.replace(base.train.sampling, cfg_strength=3.0, num_steps=3)
+    params = dataclasses.replace(base, train=dataclasses.replace(base.train, sampling=sampling))
     ctx = DistContext(0, 1, 0, torch.device("cpu"))
     callbacks = train_callbacks(params, ctx)
     assert [(c.interval, type(c.callback)) for c in callbacks] == [(7, AudioSamples)]  # eval_interval 0: no evaluation
     samples = callbacks[0].callback
-    assert samples.options == sampling_options(params.evaluate)
+    assert samples.options == sampling_options(params.train.sampling)
     assert (samples.options.cfg_strength, samples.options.num_steps) == (3.0, 3)
     assert train_callbacks(params, ctx._replace(rank=1)) == []  # samples are rank 0's
     inputs = train_inputs(params)
