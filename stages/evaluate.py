@@ -10,6 +10,8 @@ the training run. Writes <evaluate.out_dir>/: samples/, baseline_samples/, gt/
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from mmaudio.cli import parse_stage_args, run_stage, setup_logging
 from mmaudio.distributed import cleanup_distributed, init_distributed
 from mmaudio.evaluation.evaluate import evaluate

@@ -117,6 +117,17 @@ def test_generate_examples_refuses_a_folder_it_did_not_write(tmp_path, monkeypat
     assert (tmp_path / "keep.txt").is_file()
 
 
+@pytest.mark.parametrize("script, key", [("train.py", "train.out_dir"), ("evaluate.py", "evaluate.out_dir")])
+def test_torchrun_stages_check_their_outputs_before_any_work(tmp_path, script, key):
+    """The stage's own entry point (not only the library check) refuses '.', with the short report."""
+    root = _project(tmp_path)
+    res = _stage(root, script, f"{key}=.")
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert f"key '{key}' is '.': an output must be a folder or file of its own" in res.stderr
+    assert "Traceback" not in res.stderr
+    _intact(root)
+
+
 # -- item 3: tiny_weights.out_dir=ext_weights overwrote the official files -----------------------------------
 
 
