@@ -185,6 +185,7 @@ class SetScorer:
         features: FeatureSet,
         *,
         root: Path,
+        batch_size: int,
         device: torch.device | str = "cpu",
         dataset: str | None = None,
     ) -> None:
@@ -192,7 +193,7 @@ class SetScorer:
 
         cfg = params.evaluate
         self.crepe = cfg.crepe
-        self.batch_size = cfg.batch_size
+        self.batch_size = batch_size  # clips per decoder / extractor call: the sampling settings' batch
         self.encoders = FeatureEncoders(params.profile, features.mode, root=root, device=device,
                                         components=("audio", "vocoder"))
         self.sample_rate = self.encoders.sample_rate
@@ -334,7 +335,7 @@ def _score_and_write(
     and scores; a miss stores the baseline just scored."""
     cfg = params.evaluate
     run = _Fanout(runs)
-    scorer = SetScorer(params, features, root=root, device=device)
+    scorer = SetScorer(params, features, root=root, batch_size=cfg.batch_size, device=device)
     rate, ids = scorer.sample_rate, scorer.ids
     for i in ids:
         write_flac(out_dir / "gt" / f"{i}.flac", scorer.gt[i], rate)
@@ -498,8 +499,8 @@ class TrainingEvaluation:
         if self.scorer is None:
             cuda = [self.device] if self.device.type == "cuda" else []
             with torch.random.fork_rng(devices=cuda):
-                self.scorer = SetScorer(self.params, self.features, root=find_repo_root(), device=self.device,
-                                        dataset=self.dataset)
+                self.scorer = SetScorer(self.params, self.features, root=find_repo_root(),
+                                        batch_size=self.options.batch_size, device=self.device, dataset=self.dataset)
             skipped = self.scorer.skipped_official
             run.set_tags({f"train.eval.skipped.{m}": r for m, r in skipped.items()}
                               | {"train.eval.dataset": self.dataset, "train.eval.rows": len(self.scorer.ids)})

@@ -195,8 +195,10 @@ def encoder_factory(params: Params, kind: str, device: torch.device) -> Callable
     return make
 
 
+# what the stage itself reads (and declares); every other input of the pipeline (list TSVs among them)
+# is protected by mmaudio.paths.pipeline_sources
 _DATASET_PATH_KEYS = {"audio": ("media_dir", "captions_tsv", "clips_tsv", "rejects_tsv"),
-                      "video": ("media_dir", "list_tsv", "index_tsv", "rejects_tsv")}
+                      "video": ("media_dir", "index_tsv", "rejects_tsv")}
 
 
 def check_extract_paths(params: Params, job: ExtractJob, weights: Sequence[str | os.PathLike]) -> None:
