@@ -193,6 +193,26 @@ def test_audio_samples_and_the_profile_empty_string(workspace, feature_root, tin
         assert f.getframerate() == 16000 and f.getnframes() == 128000  # 8 s decoded from 250 latent frames
 
 
+def test_a_rerun_at_the_final_checkpoint_writes_the_fresh_runs_sample_images(workspace, feature_root, tiny_weights):
+    """DVC deletes the uncached plots/ before rerunning the stage; a rerun whose run key is unchanged
+    resumes at the final checkpoint and trains nothing, yet must leave the same files as a fresh run."""
+    shutil.copytree(tiny_weights, workspace / "ext_weights" / "tiny")
+    params = train_params(feature_root, workspace / "r", num_iterations=3, val_interval=2, num_audio_samples=1)
+    fresh = train(params)
+    images = workspace / "r" / "plots" / "images"
+    written = {p.name: p.read_bytes() for p in sorted(images.iterdir())}
+    assert sorted(written) == ["video3_000_sample.png", "video3_000_truth.png"]
+    shutil.rmtree(workspace / "r" / "plots")
+
+    again = train(params)
+    assert again.resumed_from == 3 and again.step == 3
+    assert {p.name: p.read_bytes() for p in sorted(images.iterdir())} == written  # byte for byte
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}")
+    assert again.run_id != fresh.run_id
+    names = sorted(a.path for a in client.list_artifacts(again.run_id, "samples/step_0000003"))
+    assert names == [f"samples/step_0000003/video3_000_{k}.{e}" for k in ("sample", "truth") for e in ("png", "wav")]
+
+
 def test_damaged_latest_checkpoint_is_skipped(workspace, feature_root):
     params = train_params(feature_root, workspace / "c", num_iterations=8, checkpoint_every=4, val_interval=100)
     first = train(params, halt_after_step=5)
