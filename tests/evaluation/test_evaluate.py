@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -141,6 +142,9 @@ def test_baseline_is_computed_once_per_configuration_and_reused(ws, monkeypatch,
     entries = list((root / ".cache" / "baseline").iterdir())
     assert len(entries) == 1 and (entries[0] / "samples" / "clip_a.flac").is_file()
     flac = (root / "eval" / "baseline_samples" / "clip_a.flac").read_bytes()
+    png = (root / "eval" / "spectrograms" / "baseline_clip_a.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and (entries[0] / "spectrograms" / "clip_a.png").read_bytes() == png
+    shutil.rmtree(root / "eval" / "spectrograms")  # as DVC clears the stage's outs before a rerun
 
     torch.manual_seed(2)  # another trained network with the same buffers: the baseline does not change
     net = build_network(MICRO.name, latent_mean=torch.zeros(20), latent_std=torch.ones(20))
@@ -154,6 +158,7 @@ def test_baseline_is_computed_once_per_configuration_and_reused(ws, monkeypatch,
     assert {k: v for k, v in second.items() if k.startswith("baseline_")} == pytest.approx(
         {k: v for k, v in first.items() if k.startswith("baseline_")}, nan_ok=True)
     assert (root / "eval" / "baseline_samples" / "clip_a.flac").read_bytes() == flac
+    assert (root / "eval" / "spectrograms" / "baseline_clip_a.png").read_bytes() == png  # a hit writes a miss's files
 
     other = dataclasses.replace(params, train=dataclasses.replace(params.train, seed=params.train.seed + 1))
     evaluate_mod.evaluate(other)
