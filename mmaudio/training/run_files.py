@@ -6,7 +6,7 @@ file holding only the rows where it was measured (the layout DVCLive writes):
     <train.out_dir>/metrics.json                   {"train": {"loss"}, "val": {"loss"}, "step"}: `dvc metrics` / `dvc exp show`
     <train.out_dir>/plots/metrics/train/loss.tsv   step, loss: the mean training loss of each logged window
     <train.out_dir>/plots/metrics/val/loss.tsv     step, loss: the validation loss, at validation steps only
-    <train.out_dir>/plots/images/*.png             mel spectrograms of the last validation's samples (evaluation.audio_samples)
+    <train.out_dir>/plots/images/*.png             mel spectrograms of the final step's samples (evaluation.audio_samples)
     <train.out_dir>/mlflow_run_id.txt              the MLflow run and the SHA-256 of the weights.pth it made,
                                                    for the evaluate stage to log into (mmaudio.tracking);
                                                    git-ignored and not a DVC out: it differs in every
