@@ -33,7 +33,7 @@ json.dump(doc, open("models/evaluate/scores.json", "w"), indent=2)
 """
 
 
-OFFICIAL = ("fd_passt", "desync", "ib_score")  # present where their extractor files are
+OFFICIAL = ("fd_passt", "desync", "ib_score")  # computed where their extractor files are present
 
 
 def _widest_scores_json() -> dict:
