@@ -3,11 +3,12 @@
 The baseline (the network as training initialises it, ``train.seed`` at step 0) gives the same
 numbers in every experiment that does not change what decides them, so the evaluate stage keeps them
 in ``<tracking root>/.cache/baseline/<key>/`` (``scores.json``, ``samples/{id}.flac`` and
-``spectrograms/{id}.png``) and reuses them. The key hashes everything that decides them: the network preset and seed, the data-derived
-buffers the baseline borrows from the trained network (latent stats, empty-string features), the
-sampling settings, the feature set, the scoring settings and the files they read (events, the
-profile's decoders, the extractor files found), the device type and the code the evaluation runs
-(its import closure, ``mmaudio.code_deps.code_digest``). The tracking root is ``$DVC_ROOT`` or the repository root, so a `dvc exp run` in a temporary copy
+``spectrograms/{id}.png``) and reuses them. The key hashes everything that decides them: the network
+preset and seed, the data-derived buffers the baseline borrows from the trained network (latent
+stats, empty-string features), the sampling settings, the feature set, the scoring settings and
+the files they read (events, the profile's decoders, the extractor files found), the device type
+and the code the evaluation runs (its import closure, ``mmaudio.code_deps.code_digest``). The
+tracking root is ``$DVC_ROOT`` or the repository root, so a `dvc exp run` in a temporary copy
 shares the cache. Delete the folder to recompute.
 """
 

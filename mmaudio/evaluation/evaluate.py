@@ -406,8 +406,8 @@ def _score_and_write(
 
 
 # The few scores scores.json keeps, so that `dvc exp show --only-changed` of two experiments fits 200
-# columns whichever official files are present (tests/test_exp_show.py: an evaluate.* change moves
-# the baseline's scores too, so all three groups show); every score goes to MLflow. One score per
+# columns whichever official files are present (tests/test_exp_show.py moves all three groups, as an
+# experiment on train.seed or evaluate.seed does); every score goes to MLflow. One score per
 # family, quality (FD) and timing (sync): the official one where its files are present (FD_PaSST,
 # DeSync), else the proxy that stands in for it. The shuffled-video control is there to show that
 # the timing comes from the video, so only its sync score is a headline.
