@@ -316,8 +316,16 @@ class _Sender:
         exp_id = exp.experiment_id if exp is not None else c.create_experiment(
             op["experiment"], artifact_location=op["artifact_location"], tags=EXPERIMENT_TAGS)
         if exp is not None and any(exp.tags.get(k) != v for k, v in EXPERIMENT_TAGS.items()):
+            from mlflow.exceptions import MlflowException
+
             for k, v in EXPERIMENT_TAGS.items():
-                c.set_experiment_tag(exp_id, k, v)
+                try:
+                    c.set_experiment_tag(exp_id, k, v)
+                except MlflowException:
+                    # two runs starting together (evaluate opens the training run and its own) both add
+                    # the tag, and SQLite refuses the second insert: what counts is that the tag holds v
+                    if c.get_experiment(exp_id).tags.get(k) != v:
+                        raise
         self.experiment_id = exp_id
         if op["resume_run_id"]:
             self.run_id = op["resume_run_id"]

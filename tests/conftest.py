@@ -30,6 +30,7 @@ def examples_dir(tmp_path_factory) -> Path:
 _COPY_IGNORE = shutil.ignore_patterns(
     ".venv", ".git", "data", "models", "ext_weights", "mlflow.db", "mlartifacts", "mlruns", "__pycache__",
     "*.egg-info", ".pytest_cache", "tmp", "cache", ".whl", "bench", "tests", "dvc.lock",
+    "config.local",  # a checkout's own DVC settings (e.g. a shared cache dir): a copy runs on its own cache
 )
 
 

@@ -2,12 +2,13 @@
 
 The baseline (the network as training initialises it, ``train.seed`` at step 0) gives the same
 numbers in every experiment that does not change what decides them, so the evaluate stage keeps them
-in ``<tracking root>/.cache/baseline/<key>/`` (``scores.json`` and ``samples/{id}.flac``) and reuses
-them. The key hashes everything that decides them: the network preset and seed, the data-derived
-buffers the baseline borrows from the trained network (latent stats, empty-string features), the
-sampling settings, the feature set, the scoring settings and the files they read (events, the
-profile's decoders, the extractor files found), the device type and the code the evaluation runs
-(its import closure, ``mmaudio.code_deps.code_digest``). The tracking root is ``$DVC_ROOT`` or the repository root, so a `dvc exp run` in a temporary copy
+in ``<tracking root>/.cache/baseline/<key>/`` (``scores.json``, ``samples/{id}.flac`` and
+``spectrograms/{id}.png``) and reuses them. The key hashes everything that decides them: the network
+preset and seed, the data-derived buffers the baseline borrows from the trained network (latent
+stats, empty-string features), the sampling settings, the feature set, the scoring settings and
+the files they read (events, the profile's decoders, the extractor files found), the device type
+and the code the evaluation runs (its import closure, ``mmaudio.code_deps.code_digest``). The
+tracking root is ``$DVC_ROOT`` or the repository root, so a `dvc exp run` in a temporary copy
 shares the cache. Delete the folder to recompute.
 """
 
@@ -71,17 +72,19 @@ def baseline_key(params: Params, trained: torch.nn.Module, features_path: Path, 
 
 
 class BaselineCache:
-    """``<root>/.cache/baseline/<key>/``: ``scores.json`` (every score, without the baseline_ prefix)
-    and ``samples/{id}.flac``; written aside and renamed, so a killed run leaves no half entry."""
+    """``<root>/.cache/baseline/<key>/``: ``scores.json`` (every score, without the baseline_ prefix),
+    ``samples/{id}.flac`` and ``spectrograms/{id}.png`` (the bytes the evaluation writes for a logged
+    sample); written aside and renamed, so a killed run leaves no half entry."""
 
     def __init__(self, root: Path, key: str):
         self.key = key
         self.dir = Path(root) / CACHE_DIR / key
 
     def load(self, ids: list[str]) -> dict[str, float] | None:
-        """The cached scores when the entry holds every id's sample, else None."""
+        """The cached scores when the entry holds every id's sample and spectrogram, else None."""
         scores = self.dir / "scores.json"
-        if not scores.is_file() or any(not (self.dir / "samples" / f"{i}.flac").is_file() for i in ids):
+        files = [self.dir / "samples" / f"{i}.flac" for i in ids] + [self.dir / "spectrograms" / f"{i}.png" for i in ids]
+        if not scores.is_file() or any(not f.is_file() for f in files):
             return None
         return {k: (float("nan") if v is None else float(v)) for k, v in json.loads(scores.read_text()).items()}
 
@@ -90,12 +93,22 @@ class BaselineCache:
         for i in ids:
             shutil.copyfile(self.dir / "samples" / f"{i}.flac", dest / f"{i}.flac")
 
-    def store(self, scores: Mapping[str, float], samples: Path, ids: list[str]) -> None:
+    def copy_spectrogram(self, i: str, dest: Path) -> Path:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.dir / "spectrograms" / f"{i}.png", dest)
+        return dest
+
+    def store(self, scores: Mapping[str, float], samples: Path, ids: list[str], spectrograms: Mapping[str, bytes]) -> None:
+        missing = [i for i in ids if i not in spectrograms]
+        if missing:
+            raise ValueError(f"baseline cache {self.dir}: no spectrogram for ids {missing[:5]}")
         tmp = self.dir.with_name(f"{self.key}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / "samples").mkdir(parents=True)
+        (tmp / "spectrograms").mkdir()
         for i in ids:
             shutil.copyfile(samples / f"{i}.flac", tmp / "samples" / f"{i}.flac")
+            (tmp / "spectrograms" / f"{i}.png").write_bytes(spectrograms[i])
         doc = {k: (v if v == v else None) for k, v in sorted(scores.items())}  # NaN -> null
         (tmp / "scores.json").write_text(json.dumps(doc, indent=1) + "\n")
         shutil.rmtree(self.dir, ignore_errors=True)

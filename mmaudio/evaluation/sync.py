@@ -122,11 +122,3 @@ def spectrogram_image(
             if 0 <= x < width:
                 img[rows, max(0, x - 1) : x + 1] = color
     return img
-
-
-def write_spectrogram_png(path: str | Path, wave: torch.Tensor, sample_rate: int, events: np.ndarray | None = None,
-                          onsets: np.ndarray | None = None) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(encode_png(spectrogram_image(wave, sample_rate, events, onsets)))
-    return path

@@ -1,4 +1,4 @@
-"""The train stage's small git-tracked outputs that DVC reads: headline metrics, plot series, run id.
+"""The train stage's small files: headline metrics and plot series (git-tracked, read by DVC), run id.
 
 DVC draws every column of a plot file as a series and an empty cell as 0, so each series has its own
 file holding only the rows where it was measured (the layout DVCLive writes):
@@ -6,9 +6,11 @@ file holding only the rows where it was measured (the layout DVCLive writes):
     <train.out_dir>/metrics.json                   {"train": {"loss"}, "val": {"loss"}, "step"}: `dvc metrics` / `dvc exp show`
     <train.out_dir>/plots/metrics/train/loss.tsv   step, loss: the mean training loss of each logged window
     <train.out_dir>/plots/metrics/val/loss.tsv     step, loss: the validation loss, at validation steps only
-    <train.out_dir>/plots/images/*.png             mel spectrograms of the last validation's samples (evaluation.audio_samples)
+    <train.out_dir>/plots/images/*.png             mel spectrograms of the final step's samples (evaluation.audio_samples)
     <train.out_dir>/mlflow_run_id.txt              the MLflow run and the SHA-256 of the weights.pth it made,
-                                                   for the evaluate stage to log into (mmaudio.tracking)
+                                                   for the evaluate stage to log into (mmaudio.tracking);
+                                                   git-ignored and not a DVC out: it differs in every
+                                                   execution, everything else here is byte-identical
 
 metrics.json keeps a handful of headline numbers so that `dvc exp show` stays narrow; every metric
 goes to MLflow (``train/...``, ``val/...``).

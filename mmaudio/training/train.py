@@ -120,9 +120,10 @@ class StepCallback(Protocol):
 
 @dataclass(frozen=True)
 class Every:
-    """``callback(net, step, run)`` every ``interval`` optimizer steps and at the last step, with the
-    unwrapped network. The stage decides which ranks get which callbacks (audio samples: rank 0;
-    evaluation: every rank, as its sampling is sharded)."""
+    """``callback(net, step, run)`` every ``interval`` optimizer steps and at the last step (also when an
+    execution resumes at the final checkpoint and trains nothing), with the unwrapped network. The stage
+    decides which ranks get which callbacks (audio samples: rank 0; evaluation: every rank, as its
+    sampling is sharded)."""
 
     interval: int
     callback: StepCallback
@@ -550,6 +551,13 @@ def fit(
                 loader.close()
                 return TrainResult(step, last_loss, val_loss, None, ckpt_dir, run.run_id, state.history,
                                    resumed_from, True)
+        if resumed_from is not None and resumed_from == cfg.num_iterations:
+            # Resumed at the final checkpoint: no step ran, so no callback did. DVC clears the stage's
+            # uncached outs (plots/images) before a rerun, and this execution's MLflow run should hold
+            # the final samples too, so the final step's callbacks run now, on the network restored bit
+            # for bit from the checkpoint written right after they ran in the fresh run: same files.
+            for every in callbacks:
+                every.callback(net, state.step, run)
         loader.close()
 
         history = state.history

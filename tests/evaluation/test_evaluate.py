@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -97,8 +98,11 @@ def test_evaluate_writes_scores_and_logs_into_existing_run(ws):
     assert scores["proxy_fd_logmel"] > 0 and math.isfinite(scores["proxy_fd_logmel"])
     # scores.json: the headline scores only (dvc exp show stays narrow); all of them go to MLflow
     doc = json.loads((root / "eval" / "scores.json").read_text())
-    assert doc == {group: {k: pytest.approx(scores[prefix + k]) for k in ("proxy_fd_logmel", "proxy_onset_gt_f1")}
-                   for group, prefix in (("test", ""), ("baseline", "baseline_"), ("shuffled", "shuffled_"))}
+    # (no official file here: the proxies stand in; the shuffled control's sync score only)
+    assert doc == {group: {k: pytest.approx(scores[prefix + k]) for k in keys} for group, prefix, keys in (
+        ("test", "", ("proxy_fd_logmel", "proxy_onset_gt_f1")),
+        ("baseline", "baseline_", ("proxy_fd_logmel", "proxy_onset_gt_f1")),
+        ("shuffled", "shuffled_", ("proxy_onset_gt_f1",)))}
     for folder in ("samples", "baseline_samples", "gt"):
         for i in IDS:
             track = decode_audio(root / "eval" / folder / f"{i}.flac")
@@ -141,6 +145,9 @@ def test_baseline_is_computed_once_per_configuration_and_reused(ws, monkeypatch,
     entries = list((root / ".cache" / "baseline").iterdir())
     assert len(entries) == 1 and (entries[0] / "samples" / "clip_a.flac").is_file()
     flac = (root / "eval" / "baseline_samples" / "clip_a.flac").read_bytes()
+    png = (root / "eval" / "spectrograms" / "baseline_clip_a.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and (entries[0] / "spectrograms" / "clip_a.png").read_bytes() == png
+    shutil.rmtree(root / "eval" / "spectrograms")  # as DVC clears the stage's outs before a rerun
 
     torch.manual_seed(2)  # another trained network with the same buffers: the baseline does not change
     net = build_network(MICRO.name, latent_mean=torch.zeros(20), latent_std=torch.ones(20))
@@ -154,6 +161,7 @@ def test_baseline_is_computed_once_per_configuration_and_reused(ws, monkeypatch,
     assert {k: v for k, v in second.items() if k.startswith("baseline_")} == pytest.approx(
         {k: v for k, v in first.items() if k.startswith("baseline_")}, nan_ok=True)
     assert (root / "eval" / "baseline_samples" / "clip_a.flac").read_bytes() == flac
+    assert (root / "eval" / "spectrograms" / "baseline_clip_a.png").read_bytes() == png  # a hit writes a miss's files
 
     other = dataclasses.replace(params, train=dataclasses.replace(params.train, seed=params.train.seed + 1))
     evaluate_mod.evaluate(other)

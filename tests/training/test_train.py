@@ -193,6 +193,70 @@ def test_audio_samples_and_the_profile_empty_string(workspace, feature_root, tin
         assert f.getframerate() == 16000 and f.getnframes() == 128000  # 8 s decoded from 250 latent frames
 
 
+def test_a_rerun_at_the_final_checkpoint_writes_the_fresh_runs_sample_images(workspace, feature_root, tiny_weights):
+    """DVC deletes the uncached plots/ before rerunning the stage; a rerun whose run key is unchanged
+    resumes at the final checkpoint and trains nothing, yet must leave the same files as a fresh run."""
+    shutil.copytree(tiny_weights, workspace / "ext_weights" / "tiny")
+    params = train_params(feature_root, workspace / "r", num_iterations=3, val_interval=2, num_audio_samples=1)
+    fresh = train(params)
+    images = workspace / "r" / "plots" / "images"
+    written = {p.name: p.read_bytes() for p in sorted(images.iterdir())}
+    assert sorted(written) == ["video3_000_sample.png", "video3_000_truth.png"]
+    shutil.rmtree(workspace / "r" / "plots")
+
+    again = train(params)
+    assert again.resumed_from == 3 and again.step == 3
+    assert {p.name: p.read_bytes() for p in sorted(images.iterdir())} == written  # byte for byte
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}")
+    assert again.run_id != fresh.run_id
+    names = sorted(a.path for a in client.list_artifacts(again.run_id, "samples/step_0000003"))
+    assert names == [f"samples/step_0000003/video3_000_{k}.{e}" for k in ("sample", "truth") for e in ("png", "wav")]
+
+
+def _declared_outputs(stage: str, out_dir: Path) -> list[Path]:
+    """The outs and metrics dvc.yaml declares for ``stage``, with ``${train.out_dir}`` set to ``out_dir``."""
+    entry = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]
+    paths = [next(iter(o)) if isinstance(o, dict) else o for o in entry.get("outs", []) + entry.get("metrics", [])]
+    assert all(p.startswith("${train.out_dir}/") for p in paths), paths
+    return [out_dir / p.removeprefix("${train.out_dir}/") for p in paths]
+
+
+def test_two_fresh_runs_write_what_dvc_lock_records_byte_for_byte(workspace, feature_root, tiny_weights):
+    """A fresh clone's `dvc repro` must leave dvc.lock (and git) as committed: every file the train
+    stage declares is byte-identical between two fresh runs, and what differs per run (the MLflow run
+    id) is neither declared nor git-tracked."""
+    kw = dict(num_iterations=4, log_interval=2, val_interval=2, checkpoint_every=2, num_audio_samples=1,
+              ema={"sigma_rels": [0.05, 0.1], "snapshot_every": 2, "output_sigma_rel": 0.05})
+    results, dirs = [], []
+    for clone in ("clone_a", "clone_b"):  # two clones, each with its own MLflow store, as on two checkouts
+        root = workspace / clone
+        root.mkdir()
+        shutil.copy(REPO / "params.yaml", root / "params.yaml")
+        shutil.copytree(tiny_weights, root / "ext_weights" / "tiny")
+        subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.chdir(root)
+            # the out_dir as params.yaml names it (relative): the checkpoints hold the resolved config
+            results.append(train(train_params(feature_root, Path("models/train"), **kw)))
+        dirs.append(root / "models" / "train")
+    assert results[0].run_id != results[1].run_id and all(r.resumed_from is None for r in results)
+
+    declared = [_declared_outputs("train", d) for d in dirs]
+    assert [p.name for p in declared[0]] == ["checkpoints", "weights.pth", "plots", "metrics.json"]
+    for a, b in zip(*declared):
+        assert dvc_hash(a) == dvc_hash(b), f"{a.name} differs between two fresh runs: dvc.lock would change"
+    # what a run writes outside its declared outs: only the run-id file (and the folder lock)
+    for d, outs in zip(dirs, declared):
+        undeclared = sorted(p.name for p in d.iterdir() if p not in outs)
+        assert undeclared == [".mmaudio.lock", "mlflow_run_id.txt"], undeclared
+    ids = [(d / "mlflow_run_id.txt").read_text().splitlines()[0] for d in dirs]
+    assert ids == [r.run_id for r in results]
+    ignored = subprocess.run(["git", "check-ignore", "-q", "models/train/mlflow_run_id.txt"], cwd=REPO)
+    tracked = subprocess.run(["git", "ls-files", "--error-unmatch", "models/train/mlflow_run_id.txt"], cwd=REPO,
+                             capture_output=True)
+    assert ignored.returncode == 0 and tracked.returncode != 0, "the run-id file must stay out of git"
+
+
 def test_damaged_latest_checkpoint_is_skipped(workspace, feature_root):
     params = train_params(feature_root, workspace / "c", num_iterations=8, checkpoint_every=4, val_interval=100)
     first = train(params, halt_after_step=5)
