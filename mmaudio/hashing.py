@@ -25,6 +25,16 @@ def file_md5(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes: where a hash must resist a crafted collision (weights bound to a run,
+    media and shard contents), not DVC's md5."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def dir_md5(path: str | os.PathLike) -> str:
     root = Path(path)
     entries = [

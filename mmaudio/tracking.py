@@ -29,7 +29,6 @@ written unless a call fails to reach the store).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -47,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from mmaudio.config import Params, find_repo_root
-from mmaudio.hashing import input_hashes, relpath
+from mmaudio.hashing import file_sha256, input_hashes, relpath
 from mmaudio.stage_params import stage_flat_params
 
 log = logging.getLogger(__name__)
@@ -127,13 +126,6 @@ class StaleRunIdError(RuntimeError):
     """A run-id file does not belong to the weights beside it; the message names both files."""
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 24):
-            h.update(block)
-    return h.hexdigest()
-
 
 def write_run_id_file(path: str | os.PathLike, run_id: str | None, weights: str | os.PathLike) -> Path:
     """``path``: the run id on the first line, ``<weights file name> sha256 <hex>`` on the second, so a
@@ -141,7 +133,7 @@ def write_run_id_file(path: str | os.PathLike, run_id: str | None, weights: str 
     line: no run (tracking off or the store unreachable)."""
     path, weights = Path(path), Path(weights)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(f"{run_id or ''}\n{weights.name} sha256 {_sha256(weights)}\n")
+    tmp.write_text(f"{run_id or ''}\n{weights.name} sha256 {file_sha256(weights)}\n")
     os.replace(tmp, path)
     return path
 
@@ -166,7 +158,7 @@ def run_id_for_weights(path: str | os.PathLike, weights: str | os.PathLike) -> s
                               f"cannot be tied to {weights}; {fix}")
     if not weights.is_file():
         raise StaleRunIdError(f"{path}: run {run_id} made {bound[1]}, but {weights} does not exist")
-    sha = _sha256(weights)
+    sha = file_sha256(weights)
     if sha != bound[2]:
         raise StaleRunIdError(
             f"{path}: run {run_id} made a {bound[1]} with SHA-256 {bound[2][:16]}..., but {weights} has "

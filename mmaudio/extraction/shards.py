@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from mmaudio.code_deps import code_digest
+from mmaudio.hashing import file_sha256
 from mmaudio.segments import ClipRow
 from mmaudio.weights import load_weight_file, save_weight_file
 
@@ -83,7 +84,7 @@ class ContentHashes:
             return "not a regular file"  # reading a FIFO or a device would never end; the decoder rejects it
         key = (os.fspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         if key not in self._cache:
-            self._cache[key] = _sha256(Path(path))
+            self._cache[key] = file_sha256(Path(path))
         return self._cache[key]
 
     def prefetch(self, paths: Iterable[str | os.PathLike], threads: int = 4) -> None:
@@ -146,13 +147,6 @@ def owns_work_entry(entry: Path) -> bool:
     return _WORK_ENTRY.fullmatch(entry.name) is not None and entry.is_file() and not entry.is_symlink()
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 24):
-            h.update(block)
-    return h.hexdigest()
-
 
 class ShardStore:
     """The work folder of one extraction: finished shards, each a tensor file plus its manifest."""
@@ -188,7 +182,7 @@ class ShardStore:
             log.warning("%s: %d bytes, its manifest %s says %d (truncated?); recomputing the shard",
                         tensors, size, path.name, m.tensor_file_bytes)
             return None
-        if m.tensor_file_sha256 and _sha256(tensors) != m.tensor_file_sha256:
+        if m.tensor_file_sha256 and file_sha256(tensors) != m.tensor_file_sha256:
             log.warning("%s: SHA-256 differs from its manifest %s (damaged); recomputing the shard", tensors, path.name)
             return None
         return m
@@ -198,7 +192,7 @@ class ShardStore:
         self._manifest(shard).unlink(missing_ok=True)  # an old manifest must not vouch for new tensors
         path = save_weight_file({k: v.contiguous() for k, v in tensors.items()}, self._tensors(shard))
         manifest.tensor_file_bytes = path.stat().st_size
-        manifest.tensor_file_sha256 = _sha256(path)
+        manifest.tensor_file_sha256 = file_sha256(path)
         tmp = self._manifest(shard).with_suffix(".json.tmp")
         tmp.write_text(manifest.to_json())
         os.replace(tmp, self._manifest(shard))
