@@ -100,9 +100,9 @@ def test_evaluate_writes_scores_and_logs_into_existing_run(ws):
     doc = json.loads((root / "eval" / "scores.json").read_text())
     # (no official file here: the proxies stand in; the shuffled control's sync score only)
     assert doc == {group: {k: pytest.approx(scores[prefix + k]) for k in keys} for group, prefix, keys in (
-        ("test", "", ("proxy_fd_logmel", "proxy_onset_gt_f1")),
-        ("baseline", "baseline_", ("proxy_fd_logmel", "proxy_onset_gt_f1")),
-        ("shuffled", "shuffled_", ("proxy_onset_gt_f1",)))}
+        ("test", "", ("proxy_fd_logmel", "proxy_onset_event_f1")),
+        ("baseline", "baseline_", ("proxy_fd_logmel", "proxy_onset_event_f1")),
+        ("shuffled", "shuffled_", ("proxy_onset_event_f1",)))}
     for folder in ("samples", "baseline_samples", "gt"):
         for i in IDS:
             track = decode_audio(root / "eval" / folder / f"{i}.flac")

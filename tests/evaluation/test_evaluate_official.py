@@ -110,8 +110,8 @@ def test_official_metrics_skipped_without_files(ws, caplog):
     # the headline scores of the trained network and of the shuffled-video control (no baseline here)
     assert json.loads((root / "eval" / "scores.json").read_text()) == {
         "test": {"proxy_fd_logmel": pytest.approx(doc["proxy_fd_logmel"]),
-                 "proxy_onset_gt_f1": pytest.approx(doc["proxy_onset_gt_f1"])},
-        "shuffled": {"proxy_onset_gt_f1": pytest.approx(doc["shuffled_proxy_onset_gt_f1"])}}
+                 "proxy_onset_event_f1": pytest.approx(doc["proxy_onset_event_f1"])},
+        "shuffled": {"proxy_onset_event_f1": pytest.approx(doc["shuffled_proxy_onset_event_f1"])}}
     tags = runs[0].tags
     for key, filename in OFFICIAL_METRICS.items():
         reason = tags[f"eval.skipped.{key}"]
