@@ -3,8 +3,10 @@
 The question it answers (issue 13): which training settings make the tiny network's onsets follow
 the video, measured by the evaluate stage's own scores (onset-vs-event F1 at +-100 ms against the
 untrained network and the shuffled-video control). Each configuration is one real run of the train
-stage's script and one call of :func:`mmaudio.evaluation.evaluate.evaluate`, with MLflow off, so
-the sweep runs where mlflow and dvc are not installed (the GPU machine).
+stage's script and one call of :func:`mmaudio.evaluation.evaluate.evaluate`, with MLflow off and no
+DVC, so that it can also run where those are not installed (the GPU machine, with the wheels of
+../shared/tools/gpu-wheels.sh; not yet run there: no GPU machine could be started when it was written).
+Configurations run ``--parallel`` at a time; on the 2-core box use 1 and ``OMP_NUM_THREADS=1``.
 
     python bench/sync_sweep.py prepare [key=value ...]      # the data stages, in dvc.yaml's order
     python bench/sync_sweep.py run --work DIR --parallel 4 \\
