@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -77,6 +78,10 @@ class BaselineCache:
     sample); written aside and renamed, so a killed run leaves no half entry."""
 
     def __init__(self, root: Path, key: str):
+        # the folder is deleted and replaced on store: only a key this module makes (hex) may name it,
+        # never '', '.', '..' or a path that would reach the cache root or outside it
+        if not re.fullmatch(r"[0-9a-f]{16}", key):
+            raise ValueError(f"baseline cache key must be 16 hex digits (baseline_key()), got {key!r}")
         self.key = key
         self.dir = Path(root) / CACHE_DIR / key
 
