@@ -285,7 +285,10 @@ _BITEXACT = {"fflags": "+bitexact"}
 def _codec_opts(codec: str) -> dict[str, str]:
     opts = {"flags": "+bitexact"}
     if codec == "libx264":
-        opts.update(preset="veryfast", crf="23", threads="1")
+        # mbtree off: x264's macroblock tree reads uninitialised memory on these small pictures, so the
+        # same pixels gave different streams from one process to the next (up to 20 of the 128 sync
+        # videos; changing what fresh heap memory holds changed 34). With it off, no byte depends on it.
+        opts.update(preset="veryfast", crf="23", threads="1", **{"x264-params": "mbtree=0"})
     elif codec.startswith("libvpx"):
         opts.update(deadline="realtime", **{"cpu-used": "8"}, threads="1", crf="32", b="0")
     elif codec == "mpeg4":
