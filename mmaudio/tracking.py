@@ -166,6 +166,34 @@ def run_id_for_weights(path: str | os.PathLike, weights: str | os.PathLike) -> s
     return run_id
 
 
+def run_in_store(params: Params, run_id: str | None, what: str) -> str | None:
+    """``run_id`` if the tracking store holds it as a live run, or cannot be asked now (records for it
+    are spooled as usual). None, after one warning naming ``what`` (the file that named the run), if
+    the store answers that it has no such run or that the run was deleted: a new store, a cleared
+    mlflow.db. The caller then logs into a new run, at its start, instead of failing at its end."""
+    if run_id is None or not params.tracking.enabled:
+        return run_id
+    from mlflow.exceptions import MlflowException
+
+    uri, _ = resolve_tracking_uri(params.tracking.uri)
+    _fail_fast_http(uri)
+    try:
+        from mlflow import MlflowClient
+
+        live = MlflowClient(tracking_uri=uri).get_run(run_id).info.lifecycle_stage == "active"
+    except Exception as e:  # noqa: BLE001 - only "unreachable" and "no such run" are handled; the rest re-raise
+        if _is_unreachable(e):
+            return run_id
+        if not (isinstance(e, MlflowException) and e.error_code == "RESOURCE_DOES_NOT_EXIST"):
+            raise
+        live = None
+    if live:
+        return run_id
+    log.warning("MLflow run %s named by %s is %s in the store %s; logging into a new run instead",
+                run_id, what, "not" if live is None else "deleted", redact_credentials(uri))
+    return None
+
+
 class SpoolError(ValueError):
     """A spool record is malformed or points outside its spool folder; the message names it."""
 

@@ -69,7 +69,7 @@ from mmaudio.model.network import MMAudioNetwork
 from mmaudio.media import FrameSpec, load_video_clip
 from mmaudio.hashing import dvc_hash
 from mmaudio.locks import exclusive_folder
-from mmaudio.tracking import RUN_ID_FILE, StageRun, relpath, run_id_for_weights, tracking_root
+from mmaudio.tracking import RUN_ID_FILE, StageRun, relpath, run_id_for_weights, run_in_store, tracking_root
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +240,8 @@ def evaluate(
 
     ``weights`` defaults to ``<train.out_dir>/weights.pth`` and ``run_id`` to the id in
     ``<train.out_dir>/mlflow_run_id.txt`` (a new run when that file is absent or empty; an error when it
-    records other weights than ``weights``: see :func:`mmaudio.tracking.run_id_for_weights`). Returns the
+    records other weights than ``weights``: see :func:`mmaudio.tracking.run_id_for_weights`; a new run,
+    with a warning, when the store no longer holds that run: :func:`mmaudio.tracking.run_in_store`). Returns the
     scores on rank 0 (an empty dict elsewhere).
     """
     cfg = params.evaluate
@@ -251,6 +252,8 @@ def evaluate(
     if run_id is None:
         # only the training run that made these very weights: a stale or copied file is an error
         run_id = run_id_for_weights(train_dir / RUN_ID_FILE, weights)
+        if ctx.rank == 0:  # a store that lost the run (a new mlflow.db): a new run now, not an error at the end
+            run_id = run_in_store(params, run_id, str(train_dir / RUN_ID_FILE))
     out_dir = Path(cfg.out_dir)
     features = FeatureSet.open(Path(params.extract.out_dir) / cfg.dataset, mode=params.extract.mode)
     options = sampling_options(params.evaluate)

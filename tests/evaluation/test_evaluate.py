@@ -133,6 +133,38 @@ def test_evaluate_writes_scores_and_logs_into_existing_run(ws):
     assert client.list_artifacts(run_id, "evaluate/samples") == []  # samples belong to the evaluation run
 
 
+@pytest.mark.parametrize("case", ["missing", "deleted"])
+def test_a_run_the_store_lacks_gives_a_new_run_and_one_warning(ws, caplog, case):
+    """mlflow_run_id.txt outlives the store it points into (a new mlflow.db, a deleted run): the
+    evaluation logs into a new top-level run and says so once, instead of failing at its end."""
+    from mlflow.tracking import MlflowClient
+
+    root, params = ws
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    exp = client.create_experiment("mmaudio")
+    if case == "deleted":
+        stale = client.create_run(exp).info.run_id
+        client.delete_run(stale)
+    else:
+        stale = "ab" * 16  # a well-formed id of a run this store never had
+    write_run_id_file(root / "train" / "mlflow_run_id.txt", stale, root / "train" / "weights.pth")
+
+    with caplog.at_level("WARNING"):
+        scores = evaluate_mod.evaluate(params)
+
+    assert scores["proxy_fd_logmel"] > 0
+    named = [r.getMessage() for r in caplog.records if stale in r.getMessage()]
+    assert len(named) == 1 and f"is {'not' if case == 'missing' else 'deleted'} in the store" in named[0], named
+    assert "train/mlflow_run_id.txt" in named[0]
+    runs = client.search_runs([exp])  # live runs only
+    assert len(runs) == 1 and runs[0].info.run_id != stale
+    new = runs[0].data
+    assert "mlflow.parentRunId" not in new.tags and new.params["evaluate.num_steps"] == "2"
+    assert new.metrics["test/proxy_fd_logmel"] == pytest.approx(scores["proxy_fd_logmel"])
+    if case == "deleted":
+        assert client.get_run(stale).data.metrics == {}  # nothing was logged into the deleted run
+
+
 def test_baseline_is_computed_once_per_configuration_and_reused(ws, monkeypatch, caplog):
     """A second evaluation (another trained network, same baseline configuration) reuses the cached
     baseline: same scores, byte-identical samples, no sampling of the untrained network; a changed
