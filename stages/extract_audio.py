@@ -11,14 +11,9 @@ kept in <extract.out_dir>/<dataset>.work/ and reused by the next run.
 
 from __future__ import annotations
 
-import logging
-
 from mmaudio.cli import parse_stage_args, run_stage, setup_logging
 from mmaudio.distributed import cleanup_distributed, init_distributed
-from mmaudio.extraction.jobs import check_extract_paths, encoder_factory, encoder_weight_paths, log_rejects, result_metrics, run_job, audio_job
-from mmaudio.tracking import StageRun
-
-log = logging.getLogger("extract_audio")
+from mmaudio.extraction.stage import extract_dataset
 
 
 def main(argv=None) -> None:
@@ -27,19 +22,7 @@ def main(argv=None) -> None:
     ctx = init_distributed(params.extract.device)
     setup_logging(ctx.rank)
     try:
-        weights = encoder_weight_paths(params, "audio")
-        job = audio_job(params, args.dataset, ctx.device, weights)
-        check_extract_paths(params, job, weights)
-        log.info("%s: %d rows, %d carried rejects, %d process(es) on %s",
-                 args.dataset, len(job.rows), len(job.carried_rejects), ctx.world_size, ctx.device)
-        with StageRun(f"extract_audio@{args.dataset}", params, inputs=[*job.inputs, *weights], rank=ctx.rank) as run:
-            result = run_job(job, encoder_factory(params, "audio", ctx.device), ctx)
-            if result is not None:  # rank 0 merged the shards
-                log_rejects(log, result)
-                log.info("%s: %d clips, %d rejects (%d here), %.2f clips/s -> %s",
-                         args.dataset, result.clips, len(result.rejects), result.new_rejects, result.clips_per_sec, job.out_dir)
-                run.log_metrics(result_metrics(result))
-                run.log_outputs([job.out_dir])
+        extract_dataset("audio", args.dataset, params, ctx)
     finally:
         cleanup_distributed()
 

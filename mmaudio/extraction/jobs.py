@@ -68,60 +68,54 @@ def _settings(params: Params, kind: str, device: torch.device, weights: Sequence
     )
 
 
-def audio_job(params: Params, name: str, device: torch.device, weights: Sequence[str | os.PathLike] = ()) -> ExtractJob:
-    """The extraction of audio dataset ``name`` (``weights``: files the encoders read, for the fingerprint)."""
-    if name not in params.audio_datasets:
-        raise ConfigError(f"no audio dataset {name!r} in params.yaml (have {sorted(params.audio_datasets)})")
-    ds = params.audio_datasets[name]
-    listed = audio_rows(ds)
+def _job(params: Params, name: str, kind: str, listed, dataset: Dataset, device: torch.device,
+         weights: Sequence[str | os.PathLike], normalize_audio: bool, inputs: list[str], info: dict[str, object]) -> ExtractJob:
     spec = mode_spec(params.extract.mode)
     return ExtractJob(
         name=name,
-        kind="audio",
-        rows=listed.rows,
-        carried_rejects=listed.carried,
-        listing_rejects=listed.rejects,
-        dataset=AudioClipDataset(listed.rows, sample_rate=spec.sample_rate, num_samples=spec.num_audio_samples),
-        settings=_settings(params, "audio", device, weights, {"normalize_audio": True}),
-        out_dir=Path(params.extract.out_dir) / name,
-        inputs=[ds.media_dir, ds.captions_tsv, ds.clips_tsv, ds.rejects_tsv],
-        info={"dataset": name, "profile": params.profile, "sample_rate": spec.sample_rate, "num_samples": spec.num_audio_samples},
-    )
-
-
-def video_job(params: Params, name: str, device: torch.device, weights: Sequence[str | os.PathLike] = ()) -> ExtractJob:
-    """The extraction of video dataset ``name``."""
-    if name not in params.video_datasets:
-        raise ConfigError(f"no video dataset {name!r} in params.yaml (have {sorted(params.video_datasets)})")
-    ds = params.video_datasets[name]
-    listed = video_rows(ds)
-    spec = mode_spec(params.extract.mode)
-    dataset = VideoClipDataset(
-        listed.rows,
-        sample_rate=spec.sample_rate,
-        num_samples=spec.num_audio_samples,
-        duration_sec=spec.duration_sec,
-        normalize_audio=ds.normalize_audio,
-    )
-    return ExtractJob(
-        name=name,
-        kind="video",
+        kind=kind,
         rows=listed.rows,
         carried_rejects=listed.carried,
         listing_rejects=listed.rejects,
         dataset=dataset,
-        settings=_settings(params, "video", device, weights, {"normalize_audio": ds.normalize_audio}),
+        settings=_settings(params, kind, device, weights, {"normalize_audio": normalize_audio}),
         out_dir=Path(params.extract.out_dir) / name,
-        inputs=[ds.media_dir, ds.index_tsv, ds.rejects_tsv],
-        info={
-            "dataset": name,
-            "split": ds.split,
-            "profile": params.profile,
-            "sample_rate": spec.sample_rate,
-            "num_samples": spec.num_audio_samples,
-            "normalize_audio": ds.normalize_audio,
-        },
+        inputs=inputs,
+        info={"dataset": name, **info, "profile": params.profile, "sample_rate": spec.sample_rate,
+              "num_samples": spec.num_audio_samples},
     )
+
+
+def _dataset_entry(params: Params, kind: str, name: str):
+    datasets = params.audio_datasets if kind == "audio" else params.video_datasets
+    if name not in datasets:
+        raise ConfigError(f"no {kind} dataset {name!r} in params.yaml (have {sorted(datasets)})")
+    return datasets[name]
+
+
+def audio_job(params: Params, name: str, device: torch.device, weights: Sequence[str | os.PathLike] = ()) -> ExtractJob:
+    """The extraction of audio dataset ``name`` (``weights``: files the encoders read, for the fingerprint)."""
+    ds = _dataset_entry(params, "audio", name)
+    listed = audio_rows(ds)
+    spec = mode_spec(params.extract.mode)
+    dataset = AudioClipDataset(listed.rows, sample_rate=spec.sample_rate, num_samples=spec.num_audio_samples)
+    return _job(params, name, "audio", listed, dataset, device, weights, normalize_audio=True,
+                inputs=[ds.media_dir, ds.captions_tsv, ds.clips_tsv, ds.rejects_tsv], info={})
+
+
+def video_job(params: Params, name: str, device: torch.device, weights: Sequence[str | os.PathLike] = ()) -> ExtractJob:
+    """The extraction of video dataset ``name``."""
+    ds = _dataset_entry(params, "video", name)
+    listed = video_rows(ds)
+    spec = mode_spec(params.extract.mode)
+    dataset = VideoClipDataset(listed.rows, sample_rate=spec.sample_rate, num_samples=spec.num_audio_samples,
+                               duration_sec=spec.duration_sec, normalize_audio=ds.normalize_audio)
+    return _job(params, name, "video", listed, dataset, device, weights, normalize_audio=ds.normalize_audio,
+                inputs=[ds.media_dir, ds.index_tsv, ds.rejects_tsv],
+                info={"split": ds.split, "normalize_audio": ds.normalize_audio})
+
+
+JOB_BUILDERS: dict[str, Callable[..., ExtractJob]] = {"audio": audio_job, "video": video_job}
 
 
 def run_job(job: ExtractJob, make_encoders: Callable[[], Encoders], ctx: DistContext, progress: bool = True) -> ExtractResult | None:
