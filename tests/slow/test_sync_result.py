@@ -2,13 +2,13 @@
 
 A cold `dvc repro` of the default pipeline trains a codec that reproduces the example sounds and a
 network whose samples beat the untrained network's. The documented sync experiment
-(:data:`SYNC_EXPERIMENT`, the README's command, 28 minutes cold on 2 quiet cores) trains long
+(:data:`SYNC_EXPERIMENT`, the README's command, 27-28 minutes cold on 2 quiet cores) trains long
 enough that the onsets follow the video: it must beat the untrained network and the shuffled-video
 control by the issue's margin (trained onset-vs-event F1 >= 0.6 at +-100 ms, each control at most half).
 
 Slow tier. Measured values (bench/RESULTS.md): default params, codec round-trip onset F1 0.996;
-onset-vs-event F1 trained 0.192, untrained 0.0, shuffled video 0.192; proxy_fd_logmel 258 trained vs
-402 untrained. Sync experiment (4500 steps): trained 0.770, untrained 0.0, shuffled 0.364. The thresholds of the
+onset-vs-event F1 trained 0.216, untrained 0.0, shuffled video 0.216; proxy_fd_logmel 258 trained vs
+402 untrained. Sync experiment (4500 steps): trained 0.766, untrained 0.0, shuffled 0.373. The thresholds of the
 default run sit below the measured values with room for run-to-run variation across machines (CPU
 kernels differ in the last bits); the sync experiment's are the issue's own.
 """
