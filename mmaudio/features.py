@@ -27,7 +27,7 @@ from typing import Literal
 
 import torch
 
-from mmaudio.paths import NoSpaceError, check_free_space, check_replaceable, remove_stale_siblings, replace_dir
+from mmaudio.paths import NoSpaceError, check_free_space, check_replaceable, replace_dir, staging_dir
 from mmaudio.choices import StorageDtype, choice_values
 from mmaudio.modes import AudioMode, mode_spec
 from mmaudio.tables import TableError, read_tsv, write_rejects, write_tsv
@@ -113,10 +113,7 @@ class FeatureSetWriter:
         self.shapes = feature_shapes(mode, kind)
         self.filled = 0
         check_replaceable(self.out, owns=owns_feature_set_entry, what=f"feature set {self.out}")
-        self.tmp = self.out.with_name(f".{self.out.name}.tmp-{os.getpid()}")
-        remove_stale_siblings(self.out, ("tmp", "old"))
-        if self.tmp.exists():
-            shutil.rmtree(self.tmp)
+        self.tmp = staging_dir(self.out)
         dtype = STORAGE_DTYPES[storage_dtype]
         check_free_space(self.out.parent, feature_set_bytes(mode, kind, self.num_rows, storage_dtype), f"feature set {self.out}")
         self.tmp.mkdir(parents=True)
@@ -132,7 +129,7 @@ class FeatureSetWriter:
             # (no exception, no cleanup); reserving the blocks now turns that into ENOSPC here.
             for k in self.shapes if self.num_rows else ():  # an empty set has no files to reserve
                 _reserve(self.tmp / TD_DIR / f"{k}.memmap", self.out)
-        except BaseException:
+        except BaseException:  # not handled: the partial folder is removed and the error goes on
             self.abort()
             raise
 

@@ -228,9 +228,21 @@ def replace_dir(src: Path, dst: Path, *, owns: Callable[[Path], bool], what: str
         os.replace(src, dst)
 
 
+def staging_dir(dst: str | os.PathLike) -> Path:
+    """The folder (not yet made) in which this process assembles what :func:`replace_dir` will move
+    to ``dst``: ``.<name>.tmp-<pid>`` next to it. Leftovers of processes that are gone, and this
+    process's own from an earlier failed attempt, are removed first."""
+    dst = Path(dst)
+    remove_stale_siblings(dst, ("tmp", "old"))
+    return dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+
+
 def remove_stale_siblings(path: Path, tags: Iterable[str]) -> list[Path]:
     """Remove ``.<name>.<tag>-<pid>`` folders next to ``path`` left by processes that are gone (a
-    kill, SIGBUS, a power cut); a folder of a live process is left alone. Returns what was removed."""
+    kill, SIGBUS, a power cut); a folder of a live process is left alone. Returns what was removed.
+    ``path`` must name a folder of its own: '', '.', '..' and '/' have no name to match siblings by."""
+    if Path(path).name in ("", ".", ".."):
+        raise OutputPathError(f"refusing to clean up next to {os.fspath(path)!r}: it names no folder of its own")
     removed = []
     for tag in tags:
         for p in path.parent.glob(f".{path.name}.{tag}-*"):

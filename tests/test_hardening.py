@@ -23,7 +23,7 @@ from mmaudio.extraction.shards import ContentHashes, paths_fingerprint, shard_fi
 from mmaudio.segments import ClipRow
 from mmaudio.encoders.tiny import write_tiny_weights
 from mmaudio.features import FeatureSet, FeatureSetError, FeatureSetWriter, feature_set_bytes, write_feature_set
-from mmaudio.paths import NoSpaceError, OutputPathError, check_stage_paths
+from mmaudio.paths import NoSpaceError, OutputPathError, check_stage_paths, clear_dir, remove_stale_siblings, replace_dir
 from tests.hostile.generators import ShellOnUnpickle
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,6 +126,48 @@ def test_torchrun_stages_check_their_outputs_before_any_work(tmp_path, script, k
     assert f"key '{key}' is '.': an output must be a folder or file of its own" in res.stderr
     assert "Traceback" not in res.stderr
     _intact(root)
+
+
+# Every library function that deletes or replaces a folder, called directly (no stage check in
+# front): '' and '.', the filesystem root, a parent of the current folder and a repository root are
+# refused whatever the caller's owns() claims, and nothing is deleted.
+_REPLACERS = {
+    "clear_dir": lambda v, src: clear_dir(v, owns=lambda e: True, what="test"),
+    "replace_dir": lambda v, src: replace_dir(src, Path(v), owns=lambda e: True, what="test"),
+    "FeatureSetWriter": lambda v, src: FeatureSetWriter(v, mode="16k", kind="audio", num_rows=1),
+    "write_tiny_weights": lambda v, src: write_tiny_weights(v),
+}
+
+
+@pytest.mark.parametrize("replacer", sorted(_REPLACERS))
+@pytest.mark.parametrize("value", ["", ".", "./", "/", "PARENT", "REPO"])
+def test_folder_replacers_refuse_dangerous_paths_and_delete_nothing(tmp_path, monkeypatch, replacer, value):
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    (repo / "keep.txt").write_text("repo file")
+    cwd = tmp_path / "parent" / "work"
+    cwd.mkdir(parents=True)
+    (cwd / "keep.txt").write_text("work file")
+    (tmp_path / "parent" / "keep.txt").write_text("parent file")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "new.txt").write_text("new")
+    monkeypatch.chdir(cwd)
+    path = {"PARENT": str(cwd.parent), "REPO": str(repo)}.get(value, value)
+    with pytest.raises(OutputPathError, match="refusing to replace"):
+        _REPLACERS[replacer](path, src)
+    assert (repo / "keep.txt").read_text() == "repo file" and (repo / ".git").is_dir()
+    assert (cwd / "keep.txt").read_text() == "work file"
+    assert (tmp_path / "parent" / "keep.txt").read_text() == "parent file"
+    assert (src / "new.txt").read_text() == "new"
+    assert sorted(p.name for p in cwd.iterdir()) == ["keep.txt"]  # no staging folder left behind
+
+
+@pytest.mark.parametrize("value", ["", ".", "..", "/"])
+def test_stale_sibling_cleanup_refuses_a_path_without_a_name(tmp_path, monkeypatch, value):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OutputPathError, match="names no folder of its own"):
+        remove_stale_siblings(Path(value), ("tmp",))
 
 
 # -- item 3: tiny_weights.out_dir=ext_weights overwrote the official files -----------------------------------

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -23,7 +22,7 @@ from mmaudio.encoders.bigvgan import build_vocoder, save_vocoder
 from mmaudio.encoders.clip import CLIPEncoder, build_clip, compute_empty_string_feature, save_clip, save_empty_string
 from mmaudio.encoders.synchformer import build_synchformer_visual, save_synchformer_visual
 from mmaudio.encoders.vae import AudioVAE, save_vae
-from mmaudio.paths import check_replaceable, replace_dir
+from mmaudio.paths import check_replaceable, replace_dir, staging_dir
 
 CLIP_FILE_NAME = "open_clip_model.safetensors"  # safetensors: raw tensors only, byte-stable, mmap-able
 
@@ -49,9 +48,7 @@ def write_tiny_weights(out_dir: str | os.PathLike, seed: int = 0) -> list[Path]:
     """
     p = profiles.get_profile("tiny")
     out = check_replaceable(out_dir, owns=owns_tiny_entry, what=f"tiny weights folder {os.fspath(out_dir)!r}")
-    tmp = out.with_name(f".{out.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tmp = staging_dir(out)
     tmp.mkdir(parents=True)
 
     for mode in profiles.MODES:
