@@ -285,9 +285,9 @@ _BITEXACT = {"fflags": "+bitexact"}
 def _codec_opts(codec: str) -> dict[str, str]:
     opts = {"flags": "+bitexact"}
     if codec == "libx264":
-        # mbtree off: x264's macroblock tree reads uninitialised memory on these small pictures, so the
-        # same pixels gave different streams from one process to the next (up to 20 of the 128 sync
-        # videos; changing what fresh heap memory holds changed 34). With it off, no byte depends on it.
+        # mbtree off: with x264's macroblock tree on, the stream of these small pictures depended on what
+        # the heap held (the same pixels gave other streams from one process to the next, up to 20 of the
+        # 128 sync videos; glibc's MALLOC_PERTURB_ 1 vs 255 changed 34). Off, none does (tests/test_examples_bytes.py).
         opts.update(preset="veryfast", crf="23", threads="1", **{"x264-params": "mbtree=0"})
     elif codec.startswith("libvpx"):
         opts.update(deadline="realtime", **{"cpu-used": "8"}, threads="1", crf="32", b="0")

@@ -180,17 +180,19 @@ def run_in_store(params: Params, run_id: str | None, what: str) -> str | None:
     try:
         from mlflow import MlflowClient
 
-        live = MlflowClient(tracking_uri=uri).get_run(run_id).info.lifecycle_stage == "active"
+        info = MlflowClient(tracking_uri=uri).get_run(run_id).info
     except Exception as e:  # noqa: BLE001 - only "unreachable" and "no such run" are handled; the rest re-raise
         if _is_unreachable(e):
             return run_id
         if not (isinstance(e, MlflowException) and e.error_code == "RESOURCE_DOES_NOT_EXIST"):
             raise
-        live = None
-    if live:
-        return run_id
+        state = "not"
+    else:
+        if info.lifecycle_stage == "active":
+            return run_id
+        state = "deleted"
     log.warning("MLflow run %s named by %s is %s in the store %s; logging into a new run instead",
-                run_id, what, "not" if live is None else "deleted", redact_credentials(uri))
+                run_id, what, state, redact_credentials(uri))
     return None
 
 

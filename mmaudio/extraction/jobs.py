@@ -20,7 +20,7 @@ from mmaudio.extraction.settings import ExtractResult, ExtractSettings
 from mmaudio.extraction.shards import code_fingerprint, paths_fingerprint, work_dir_for
 from mmaudio.modes import mode_spec
 from mmaudio.tables import log_reject_summary
-from mmaudio.segments import AudioClipDataset, ClipRow, VideoClipDataset, audio_rows, video_rows
+from mmaudio.segments import AudioClipDataset, ClipRow, RowList, VideoClipDataset, audio_rows, video_rows
 
 
 @dataclass
@@ -68,7 +68,7 @@ def _settings(params: Params, kind: str, device: torch.device, weights: Sequence
     )
 
 
-def _job(params: Params, name: str, kind: str, listed, dataset: Dataset, device: torch.device,
+def _job(params: Params, name: str, kind: str, listed: RowList, dataset: Dataset, device: torch.device,
          weights: Sequence[str | os.PathLike], normalize_audio: bool, inputs: list[str], info: dict[str, object]) -> ExtractJob:
     spec = mode_spec(params.extract.mode)
     return ExtractJob(
